@@ -1,0 +1,48 @@
+"""Errors a user can cause or meet, each with its own exit code.
+
+The CLI prints ``pmemtrace: <message>`` on one line and exits with ``exit_code``;
+nothing else in the package prints errors or calls sys.exit.
+"""
+
+
+class PmemtraceError(Exception):
+    exit_code = 1
+
+
+class NoSuchProcess(PmemtraceError):
+    exit_code = 3
+
+
+class ProcessExited(PmemtraceError):
+    exit_code = 4
+
+
+class NotRoot(PmemtraceError):
+    exit_code = 5
+
+
+class BccMissing(PmemtraceError):
+    exit_code = 6
+
+
+class HeadersMissing(PmemtraceError):
+    exit_code = 7
+
+
+class KernelThread(PmemtraceError):
+    exit_code = 8
+
+
+class KernelFeatureMissing(PmemtraceError):
+    exit_code = 9
+
+
+class ProbeLoadFailed(PmemtraceError):
+    exit_code = 10
+
+
+class BadRange(PmemtraceError):
+    exit_code = 11
+
+
+EXIT_CODES = {cls.__name__: cls.exit_code for cls in PmemtraceError.__subclasses__()}

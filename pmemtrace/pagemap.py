@@ -1,0 +1,549 @@
+"""Page-table reader: which pages of a range are present, and mapped by which page size.
+
+Two sources, one result type (``PageRun``: a run of pages in the same state):
+
+* ``PAGEMAP_SCAN`` (Linux 6.7+): an ioctl on /proc/PID/pagemap that walks the page
+  tables and returns *merged* runs of pages with equal categories (PAGE_IS_*). It is
+  the only interface that says whether a page is mapped by a PMD leaf (THP, DAX) or
+  by a PTE: PAGE_IS_HUGE is set for PMD-mapped THP / DAX and for hugetlb entries.
+* /proc/PID/pagemap (one 64-bit word per page) + /proc/kpageflags (one word per PFN),
+  for older kernels. It knows present / swapped / soft-dirty / file and the folio type
+  behind each PFN, but not the mapping size of a THP (a PMD-order folio may be mapped
+  by PTEs) nor of DAX memory: those facts come back as ``None`` (unknown), never guessed.
+
+The ioctl layer (``scan_regions``) returns raw ``(start, end, categories)`` triples;
+``classify`` turns them into ``PageRun``s given what the caller knows about the VMA
+(``VmaFacts``: backing kind, hugetlb page size). ``facts_from_smaps`` derives those facts
+from a procfs.Smaps block.
+
+Page size of a run (``PageRun.page_size``, bytes; None for absent pages):
+  hugetlb VMA -> the VMA's KernelPageSize from smaps (the hstate size: 2 MiB, 1 GiB ...);
+  PAGE_IS_HUGE in any other VMA -> the PMD size (hpage_pmd_size, 2 MiB on x86-64). A PUD
+  leaf (1 GiB device-DAX) is never reported by PAGEMAP_SCAN: the kernel's page walker has
+  no PUD callback for it and splits a PUD leaf before walking its PMDs, so 1G is only ever
+  reported for 1 GiB hugetlb VMAs;
+  otherwise the base page size.
+"""
+import ctypes
+import errno
+import fcntl
+import os
+import platform
+import struct
+from array import array
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from .errors import KernelFeatureMissing, NoSuchProcess, NotRoot, ProcessExited
+from . import procfs
+
+# ---------------------------------------------------------------- uapi: linux/fs.h
+
+PAGE_IS_WPALLOWED = 1 << 0   # VMA has async userfaultfd write-protect
+PAGE_IS_WRITTEN = 1 << 1     # not uffd-write-protected (present or swapped pages)
+PAGE_IS_FILE = 1 << 2        # page-cache / shmem page (not PageAnon)
+PAGE_IS_PRESENT = 1 << 3
+PAGE_IS_SWAPPED = 1 << 4
+PAGE_IS_PFNZERO = 1 << 5     # the shared zero page
+PAGE_IS_HUGE = 1 << 6        # PMD-mapped THP / DAX, or a hugetlb entry
+PAGE_IS_SOFT_DIRTY = 1 << 7  # 6.8+
+PAGE_IS_GUARD = 1 << 8       # MADV_GUARD_INSTALL region, 6.15+
+
+CATEGORY_NAMES = {
+    PAGE_IS_WPALLOWED: "wpallowed", PAGE_IS_WRITTEN: "written", PAGE_IS_FILE: "file",
+    PAGE_IS_PRESENT: "present", PAGE_IS_SWAPPED: "swapped", PAGE_IS_PFNZERO: "pfnzero",
+    PAGE_IS_HUGE: "huge", PAGE_IS_SOFT_DIRTY: "soft_dirty", PAGE_IS_GUARD: "guard",
+}
+# Category sets by kernel generation, newest first; the kernel rejects unknown bits (EINVAL).
+_CATEGORY_GENERATIONS = (
+    0x1FF,   # + PAGE_IS_GUARD (6.15)
+    0x0FF,   # + PAGE_IS_SOFT_DIRTY (6.8)
+    0x07F,   # PAGEMAP_SCAN as merged in 6.7
+)
+
+
+class PageRegion(ctypes.Structure):
+    """struct page_region: [start, end) and the PAGE_IS_* categories of all its pages."""
+    _fields_ = [("start", ctypes.c_uint64), ("end", ctypes.c_uint64), ("categories", ctypes.c_uint64)]
+
+
+class PmScanArg(ctypes.Structure):
+    """struct pm_scan_arg: all fields __u64; ``size`` must equal sizeof(struct pm_scan_arg)."""
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "size", "flags", "start", "end", "walk_end", "vec", "vec_len", "max_pages",
+        "category_inverted", "category_mask", "category_anyof_mask", "return_mask")]
+
+
+def _ioc_layout(machine: str) -> Tuple[int, int, int, int]:
+    """(size bits, dir 'none', dir 'write', dir 'read') of the _IOC encoding on this architecture."""
+    if machine.startswith(("ppc", "powerpc", "mips", "sparc", "alpha")):
+        return 13, 1, 4, 2
+    return 14, 0, 1, 2          # asm-generic (x86, arm64, riscv, s390, ...)
+
+
+def ioc(direction: int, type_: int, nr: int, size: int, sizebits: int = 14) -> int:
+    """The kernel's _IOC(): nr in bits 0-7, type in 8-15, size from 16, direction above it."""
+    if size >= 1 << sizebits:
+        raise ValueError("ioctl argument too large")
+    return (direction << (16 + sizebits)) | (size << 16) | (type_ << 8) | nr
+
+
+def iowr(type_: int, nr: int, size: int, machine: Optional[str] = None) -> int:
+    sizebits, _none, write, read = _ioc_layout(machine or platform.machine())
+    return ioc(read | write, type_, nr, size, sizebits)
+
+
+PAGEMAP_MAGIC = ord("f")     # PROCFS_IOCTL_MAGIC
+PAGEMAP_SCAN = iowr(PAGEMAP_MAGIC, 16, ctypes.sizeof(PmScanArg))
+
+# ---------------------------------------------------------------- uapi: /proc/PID/pagemap, kpageflags
+
+PM_PFN_MASK = (1 << 55) - 1
+PM_SOFT_DIRTY = 1 << 55
+PM_MMAP_EXCLUSIVE = 1 << 56
+PM_UFFD_WP = 1 << 57
+PM_FILE = 1 << 61            # file page or shared anon
+PM_SWAP = 1 << 62
+PM_PRESENT = 1 << 63
+
+KPF_COMPOUND_HEAD = 1 << 15
+KPF_COMPOUND_TAIL = 1 << 16
+KPF_HUGE = 1 << 17           # hugetlb folio
+KPF_NOPAGE = 1 << 20
+KPF_THP = 1 << 22            # transparent huge (or large anon/file) folio
+KPF_ZERO_PAGE = 1 << 24
+
+KPAGEFLAGS = "/proc/kpageflags"
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+SOURCE_SCAN = "PAGEMAP_SCAN"
+SOURCE_FALLBACK = "pagemap+kpageflags"
+
+
+@lru_cache(maxsize=1)
+def pmd_size() -> int:
+    """Bytes mapped by one PMD leaf: read from sysfs, else PAGE_SIZE * PTEs per table."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return PAGE_SIZE * (PAGE_SIZE // 8)
+
+
+# ---------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class PageRun:
+    """A run of pages [start, end) in one state.
+
+    ``None`` means the source cannot know the fact (pagemap+kpageflags: the mapping size
+    of THP and DAX pages; written/soft-dirty/file of absent pages there too).
+    """
+    start: int
+    end: int
+    present: bool
+    huge: Optional[bool]         # mapped by a PMD/PUD leaf or a hugetlb entry
+    page_size: Optional[int]     # bytes mapped by one page-table entry; None if absent or unknown
+    kind: str                    # anon | file | shmem | dax | hugetlb
+    written: Optional[bool]      # PAGE_IS_WRITTEN: not uffd write-protected (None when absent)
+    soft_dirty: Optional[bool]
+    file: Optional[bool]         # page-cache/shmem page (False: anonymous, e.g. COW of a file page)
+    swapped: bool = False
+    zero_pfn: Optional[bool] = None
+    guard: Optional[bool] = None
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    def same_state(self, other: "PageRun") -> bool:
+        return replace(self, start=0, end=0) == replace(other, start=0, end=0)
+
+
+@dataclass(frozen=True)
+class VmaFacts:
+    """What the caller knows about the VMA a range lies in."""
+    kind: str = "anon"              # anon | file | shmem | dax | hugetlb
+    hugetlb_page_size: int = 0      # smaps KernelPageSize of a hugetlb VMA
+
+
+def merge_runs(runs: Iterable[PageRun]) -> List[PageRun]:
+    """Join adjacent runs of equal state (the kernel merges within one ioctl call only)."""
+    out: List[PageRun] = []
+    for r in runs:
+        if out and out[-1].end == r.start and out[-1].same_state(r):
+            out[-1] = replace(out[-1], end=r.end)
+        else:
+            out.append(r)
+    return out
+
+
+def merge_regions(regions: Iterable[Tuple[int, int, int]]) -> List[Tuple[int, int, int]]:
+    out: List[Tuple[int, int, int]] = []
+    for start, end, cat in regions:
+        if out and out[-1][1] == start and out[-1][2] == cat:
+            out[-1] = (out[-1][0], end, cat)
+        else:
+            out.append((start, end, cat))
+    return out
+
+
+def run_page_size(huge: bool, facts: VmaFacts) -> int:
+    if facts.kind == "hugetlb" and facts.hugetlb_page_size:
+        return facts.hugetlb_page_size
+    return pmd_size() if huge else PAGE_SIZE
+
+
+def classify(regions: Iterable[Tuple[int, int, int]], facts: VmaFacts = VmaFacts(),
+             known: int = 0x1FF) -> List[PageRun]:
+    """PAGEMAP_SCAN regions -> PageRuns. ``known``: the categories this kernel reports."""
+    runs = []
+    for start, end, cat in regions:
+        present = bool(cat & PAGE_IS_PRESENT)
+        huge = bool(cat & PAGE_IS_HUGE) and present
+        if facts.kind in ("hugetlb", "dax"):
+            kind = facts.kind
+        elif present:
+            kind = ("shmem" if facts.kind == "shmem" else "file") if cat & PAGE_IS_FILE else "anon"
+        else:
+            kind = facts.kind
+        runs.append(PageRun(
+            start=start, end=end, present=present, huge=huge,
+            page_size=run_page_size(huge, facts) if present else None,
+            kind=kind,
+            written=bool(cat & PAGE_IS_WRITTEN) if present or cat & PAGE_IS_SWAPPED else None,
+            soft_dirty=bool(cat & PAGE_IS_SOFT_DIRTY) if known & PAGE_IS_SOFT_DIRTY else None,
+            file=bool(cat & PAGE_IS_FILE) if present or cat & PAGE_IS_SWAPPED else None,
+            swapped=bool(cat & PAGE_IS_SWAPPED),
+            zero_pfn=bool(cat & PAGE_IS_PFNZERO) if present else None,
+            guard=bool(cat & PAGE_IS_GUARD) if known & PAGE_IS_GUARD else None,
+        ))
+    return merge_runs(runs)
+
+
+SHMEM_PATHS = ("/memfd:", "/SYSV", "/dev/zero", "[anon_shmem")
+
+
+def facts_from_smaps(block: "procfs.Smaps", dax: bool = False) -> VmaFacts:
+    """VMA facts from its smaps block; DAX must be told by the caller (statx / sysfs)."""
+    m = block.map
+    if "ht" in block.vmflags:
+        return VmaFacts("hugetlb", block.get("KernelPageSize") or pmd_size())
+    if dax:
+        return VmaFacts("dax")
+    if m.path.startswith(SHMEM_PATHS) or (m.shared and not m.path):
+        return VmaFacts("shmem")
+    if m.path.startswith("/") and m.inode:
+        return VmaFacts("file")
+    return VmaFacts("anon")
+
+
+# ---------------------------------------------------------------- file access
+
+def _open_pagemap(pid: int) -> int:
+    try:
+        return os.open(procfs.proc_path(pid, "pagemap"), os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        raise NoSuchProcess(f"no such process: {pid}") from None
+    except PermissionError:
+        raise NotRoot(f"permission denied opening /proc/{pid}/pagemap: run as root") from None
+
+
+def _alive(pid: int) -> bool:
+    st = procfs.read_stat(pid)
+    return st is not None and st["state"] not in ("Z", "X", "x")
+
+
+def _exited(pid: int) -> ProcessExited:
+    return ProcessExited(f"pid {pid} exited while being read")
+
+
+# ---------------------------------------------------------------- PAGEMAP_SCAN
+
+def _ioctl_scan(fd: int, arg: PmScanArg) -> int:
+    return fcntl.ioctl(fd, PAGEMAP_SCAN, arg, True)
+
+
+@lru_cache(maxsize=1)
+def supported_categories() -> int:
+    """The PAGE_IS_* bits this kernel's PAGEMAP_SCAN accepts; 0 when it has no PAGEMAP_SCAN."""
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for mask in _CATEGORY_GENERATIONS:
+            arg = PmScanArg(size=ctypes.sizeof(PmScanArg), return_mask=mask)
+            try:
+                _ioctl_scan(fd, arg)        # empty range, no vector: validates arguments only
+                return mask
+            except OSError as e:
+                if e.errno == errno.EINVAL:
+                    continue
+                if e.errno == errno.ENOTTY:      # pagemap without an ioctl: before 6.7
+                    return 0
+                raise
+        return 0
+    finally:
+        os.close(fd)
+
+
+def scan_supported() -> bool:
+    return supported_categories() != 0
+
+
+def _require_scan() -> int:
+    known = supported_categories()
+    if not known:
+        raise KernelFeatureMissing(
+            f"PAGEMAP_SCAN is missing (Linux 6.7+; this is {platform.release()}): "
+            f"use the pagemap+kpageflags reader")
+    return known
+
+
+VEC_LEN = 4096
+
+
+def scan_regions_fd(fd: int, start: int, end: int, *, return_mask: int,
+                    category_mask: int = 0, category_inverted: int = 0,
+                    category_anyof_mask: int = 0, vec_len: int = VEC_LEN) -> Iterator[Tuple[int, int, int]]:
+    """Raw PAGEMAP_SCAN over [start, end) of an open pagemap fd: (start, end, categories).
+
+    The kernel stops when the vector is full and says where in ``walk_end``; we go on
+    from there until the whole range is walked. Pages outside any VMA are not reported.
+    """
+    vec = (PageRegion * vec_len)()
+    arg = PmScanArg(size=ctypes.sizeof(PmScanArg), vec=ctypes.addressof(vec),
+                    category_inverted=category_inverted, category_mask=category_mask,
+                    category_anyof_mask=category_anyof_mask, return_mask=return_mask)
+    pos = start
+    while pos < end:
+        arg.start, arg.end, arg.walk_end, arg.vec_len, arg.max_pages = pos, end, 0, vec_len, 0
+        n = _ioctl_scan(fd, arg)
+        if n:
+            yield from struct.iter_unpack("=QQQ", ctypes.string_at(vec, n * ctypes.sizeof(PageRegion)))
+        if arg.walk_end <= pos:          # no progress: never loop forever on a kernel surprise
+            break
+        pos = arg.walk_end
+
+
+def _scan_errors(pid: int, e: OSError, start: int, end: int):
+    if e.errno == errno.ESRCH:
+        return _exited(pid)
+    if e.errno == errno.EPERM or e.errno == errno.EACCES:
+        return NotRoot(f"PAGEMAP_SCAN on pid {pid}: permission denied (run as root)")
+    if e.errno == errno.EFAULT:
+        from .errors import BadRange
+        return BadRange(f"{start:#x}-{end:#x} is not in the user address space")
+    return e
+
+
+def scan_regions(pid: int, start: int, end: int, **masks) -> List[Tuple[int, int, int]]:
+    """PAGEMAP_SCAN on /proc/PID/pagemap, regions merged across ioctl calls."""
+    _require_scan()
+    fd = _open_pagemap(pid)
+    try:
+        out = merge_regions(scan_regions_fd(fd, start, end, **masks))
+    except OSError as e:
+        raise _scan_errors(pid, e, start, end) from None
+    finally:
+        os.close(fd)
+    if not _alive(pid):
+        raise _exited(pid)
+    return out
+
+
+def _vmas_in(pid: int, start: int, end: int) -> List["procfs.Smaps"]:
+    try:
+        blocks = procfs.read_smaps(pid)
+    except ProcessExited:
+        raise NoSuchProcess(f"no such process: {pid}") from None
+    return [b for b in blocks if b.map.start < end and b.map.end > start]
+
+
+def scan(pid: int, start: int, end: int, facts: Optional[VmaFacts] = None) -> List[PageRun]:
+    """Merged runs of [start, end) from PAGEMAP_SCAN (KernelFeatureMissing if absent).
+
+    With ``facts`` the range is taken as one VMA's; without, smaps is read and each VMA
+    overlapping the range is classified with facts_from_smaps (no DAX detection).
+    """
+    known = _require_scan()
+    if facts is not None:
+        return classify(scan_regions(pid, start, end, return_mask=known), facts, known)
+    runs: List[PageRun] = []
+    for b in _vmas_in(pid, start, end):
+        lo, hi = max(start, b.map.start), min(end, b.map.end)
+        runs += classify(scan_regions(pid, lo, hi, return_mask=known), facts_from_smaps(b), known)
+    return runs
+
+
+def huge_small_bytes(pid: int, start: int, end: int, count_zero_page: bool = False) -> Tuple[int, int]:
+    """(bytes present and mapped by a PMD leaf or hugetlb entry, bytes present and mapped by PTEs).
+
+    One ioctl loop; only present pages are returned and only PRESENT|HUGE is kept, so the
+    kernel merges a fully THP-backed range into one region. The shared zero page (small, or
+    the huge zero page where the kernel flags it PFNZERO) is left out unless asked for, so the
+    sum matches smaps' Rss for anonymous memory.
+    """
+    known = _require_scan()
+    mask, inverted = PAGE_IS_PRESENT, 0
+    if not count_zero_page:
+        mask |= PAGE_IS_PFNZERO
+        inverted = PAGE_IS_PFNZERO
+    huge = small = 0
+    for s, e, cat in scan_regions(pid, start, end, category_mask=mask, category_inverted=inverted,
+                                  return_mask=(PAGE_IS_PRESENT | PAGE_IS_HUGE) & known):
+        if cat & PAGE_IS_HUGE:
+            huge += e - s
+        else:
+            small += e - s
+    return huge, small
+
+
+# ---------------------------------------------------------------- pagemap + kpageflags
+
+def _pread_all(fd: int, size: int, offset: int) -> bytes:
+    chunks = []
+    while size > 0:
+        b = os.pread(fd, min(size, 64 << 20), offset)
+        if not b:
+            break
+        chunks.append(b)
+        size -= len(b)
+        offset += len(b)
+    return b"".join(chunks)
+
+
+def _words(data: bytes) -> array:
+    a = array("Q")
+    a.frombytes(data[: len(data) // 8 * 8])
+    return a
+
+
+def _read_kpageflags(pfns: Sequence[int]) -> dict:
+    """Flags of each PFN in ``pfns`` (sorted, unique), one pread per contiguous PFN range."""
+    try:
+        fd = os.open(KPAGEFLAGS, os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError:
+        raise NotRoot(f"permission denied reading {KPAGEFLAGS}: run as root") from None
+    except FileNotFoundError:
+        raise KernelFeatureMissing(f"{KPAGEFLAGS} is missing (CONFIG_PROC_PAGE_MONITOR)") from None
+    flags = {}
+    try:
+        i = 0
+        while i < len(pfns):
+            j = i
+            while j + 1 < len(pfns) and pfns[j + 1] == pfns[j] + 1:
+                j += 1
+            try:
+                words = _words(_pread_all(fd, (j - i + 1) * 8, pfns[i] * 8))
+            except OSError:
+                words = array("Q")
+            for k, w in enumerate(words):
+                flags[pfns[i] + k] = w
+            i = j + 1
+    finally:
+        os.close(fd)
+    return flags
+
+
+def fallback_page_state(entry: int, kflags: Optional[int], facts: VmaFacts) -> tuple:
+    """(present, huge, page_size, kind, written, soft_dirty, file, swapped, zero_pfn) of one page."""
+    present = bool(entry & PM_PRESENT)
+    swapped = bool(entry & PM_SWAP)
+    file = bool(entry & PM_FILE) if present or swapped else None
+    if facts.kind in ("hugetlb", "dax"):
+        kind = facts.kind
+    elif present:
+        kind = ("shmem" if facts.kind == "shmem" else "file") if file else "anon"
+    else:
+        kind = facts.kind
+    huge: Optional[bool] = False
+    size: Optional[int] = None
+    zero = None
+    if present:
+        if facts.kind == "dax" or kflags is None or kflags & KPF_NOPAGE:
+            huge, size = None, None              # DAX / no PFN: mapping size unknown
+        elif kflags & KPF_HUGE or facts.kind == "hugetlb":
+            huge, size = True, run_page_size(True, facts)
+        elif kflags & KPF_ZERO_PAGE and kflags & KPF_THP:
+            huge, size, zero = True, pmd_size(), True   # the huge zero page is only ever PMD-mapped
+        elif kflags & (KPF_THP | KPF_COMPOUND_HEAD | KPF_COMPOUND_TAIL):
+            huge, size = None, None              # large folio: PTE- or PMD-mapped, pagemap can't tell
+        else:
+            huge, size = False, PAGE_SIZE        # a small folio can only be PTE-mapped
+        if zero is None:
+            zero = bool(kflags & KPF_ZERO_PAGE) if kflags is not None else None
+    written = (not entry & PM_UFFD_WP) if present or swapped else None
+    return (present, huge, size, kind, written, bool(entry & PM_SOFT_DIRTY), file, swapped, zero)
+
+
+def fallback_classify(start: int, entries: Sequence[int], kflags: dict, facts: VmaFacts) -> List[PageRun]:
+    """Per-page pagemap words (+ kpageflags by PFN) -> merged PageRuns."""
+    runs: List[PageRun] = []
+    cur_state, cur_start = None, start
+    cache = {}
+    addr = start
+    for entry in entries:
+        pfn = entry & PM_PFN_MASK if entry & PM_PRESENT else 0
+        kf = kflags.get(pfn) if pfn else None
+        key = (entry & (PM_PRESENT | PM_SWAP | PM_FILE | PM_SOFT_DIRTY | PM_UFFD_WP), kf)
+        state = cache.get(key)
+        if state is None:
+            state = cache[key] = fallback_page_state(entry, kf, facts)
+        if state != cur_state:
+            if cur_state is not None:
+                runs.append(_run_from_state(cur_start, addr, cur_state))
+            cur_state, cur_start = state, addr
+        addr += PAGE_SIZE
+    if cur_state is not None:
+        runs.append(_run_from_state(cur_start, addr, cur_state))
+    return runs
+
+
+def _run_from_state(start: int, end: int, st: tuple) -> PageRun:
+    present, huge, size, kind, written, soft, file, swapped, zero = st
+    return PageRun(start, end, present, huge, size, kind, written, soft, file, swapped, zero, None)
+
+
+def fallback_regions(pid: int, start: int, end: int) -> Tuple[array, dict]:
+    """pagemap words of [start, end) (one pread) and kpageflags of their PFNs."""
+    fd = _open_pagemap(pid)
+    try:
+        n = (end - start) // PAGE_SIZE
+        try:
+            data = _pread_all(fd, n * 8, start // PAGE_SIZE * 8)
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise _exited(pid) from None
+            if e.errno in (errno.EPERM, errno.EACCES):
+                raise NotRoot(f"permission denied reading /proc/{pid}/pagemap: run as root") from None
+            raise
+    finally:
+        os.close(fd)
+    entries = _words(data)
+    if len(entries) < n and not _alive(pid):
+        raise _exited(pid)
+    pfns = sorted({e & PM_PFN_MASK for e in entries if e & PM_PRESENT and e & PM_PFN_MASK})
+    return entries, _read_kpageflags(pfns)
+
+
+def scan_fallback(pid: int, start: int, end: int, facts: Optional[VmaFacts] = None) -> List[PageRun]:
+    """Merged runs of [start, end) from /proc/PID/pagemap + /proc/kpageflags (one pread per VMA).
+
+    Pages outside VMAs are skipped, as PAGEMAP_SCAN does.
+    """
+    if facts is not None:
+        entries, kflags = fallback_regions(pid, start, end)
+        return fallback_classify(start, entries, kflags, facts)
+    runs: List[PageRun] = []
+    for b in _vmas_in(pid, start, end):
+        lo, hi = max(start, b.map.start), min(end, b.map.end)
+        entries, kflags = fallback_regions(pid, lo, hi)
+        runs += fallback_classify(lo, entries, kflags, facts_from_smaps(b))
+    return runs
+
+
+def read_runs(pid: int, start: int, end: int, facts: Optional[VmaFacts] = None) -> Tuple[str, List[PageRun]]:
+    """(source, runs): PAGEMAP_SCAN where the kernel has it, else pagemap+kpageflags."""
+    if scan_supported():
+        return SOURCE_SCAN, scan(pid, start, end, facts)
+    return SOURCE_FALLBACK, scan_fallback(pid, start, end, facts)

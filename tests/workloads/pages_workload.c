@@ -1,0 +1,107 @@
+/*
+ * pages_workload: builds VMAs whose page-table shape is known, prints them, waits.
+ *
+ *   pages_workload [HUGETLB_MIB]
+ *
+ * Prints one line per region, "NAME START LENGTH" (hex start, decimal length), then
+ * "ready", and sleeps until stdin closes. Regions:
+ *   thp      64 MiB, 2 MiB-aligned, MADV_HUGEPAGE, every page touched
+ *   split    the same, then mprotect(PROT_READ) of one page in the middle of the
+ *            huge page at offset 32 MiB (the kernel splits that PMD)
+ *   sparse   64 MiB + 1 MiB, MADV_HUGEPAGE; one byte written in each of the first
+ *            16 2-MiB blocks, and one in the last (partial) MiB
+ *   nohuge   16 MiB, MADV_NOHUGEPAGE, every page touched
+ *   hugetlb  HUGETLB_MIB MiB of MAP_HUGETLB (default page size), touched (skipped if 0)
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define MIB (1UL << 20)
+#define HPAGE (2 * MIB)
+
+static void die(const char *what)
+{
+	perror(what);
+	exit(1);
+}
+
+/* len bytes at a 2 MiB-aligned address: over-map, then unmap the slack. */
+static char *map_aligned(size_t len)
+{
+	size_t big = len + HPAGE;
+	char *p = mmap(NULL, big, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED)
+		die("mmap");
+	char *a = (char *)(((unsigned long)p + HPAGE - 1) & ~(HPAGE - 1));
+	if (a > p)
+		munmap(p, a - p);
+	size_t tail = (p + big) - (a + len);
+	if (tail)
+		munmap(a + len, tail);
+	return a;
+}
+
+static void touch(char *p, size_t len, size_t step)
+{
+	for (size_t off = 0; off < len; off += step)
+		p[off] = 1;
+}
+
+static void advise(char *p, size_t len, int advice)
+{
+	if (madvise(p, len, advice))
+		die("madvise");
+}
+
+int main(int argc, char **argv)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	size_t hugetlb_len = (argc > 1 ? strtoul(argv[1], NULL, 0) : 0) * MIB;
+
+	char *thp = map_aligned(64 * MIB);
+	advise(thp, 64 * MIB, MADV_HUGEPAGE);
+	touch(thp, 64 * MIB, page);
+
+	char *split = map_aligned(64 * MIB);
+	advise(split, 64 * MIB, MADV_HUGEPAGE);
+	touch(split, 64 * MIB, page);
+	if (mprotect(split + 32 * MIB + MIB, page, PROT_READ))
+		die("mprotect");
+
+	size_t sparse_len = 64 * MIB + MIB;
+	char *sparse = map_aligned(sparse_len);
+	advise(sparse, sparse_len, MADV_HUGEPAGE);
+	touch(sparse, 32 * MIB, HPAGE);
+	sparse[64 * MIB] = 1;
+
+	char *nohuge = map_aligned(16 * MIB);
+	advise(nohuge, 16 * MIB, MADV_NOHUGEPAGE);
+	touch(nohuge, 16 * MIB, page);
+
+	char *hugetlb = NULL;
+	if (hugetlb_len) {
+		hugetlb = mmap(NULL, hugetlb_len, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+		if (hugetlb == MAP_FAILED)
+			die("mmap MAP_HUGETLB");
+		touch(hugetlb, hugetlb_len, page);
+	}
+
+	printf("thp %lx %zu\n", (unsigned long)thp, (size_t)(64 * MIB));
+	printf("split %lx %zu\n", (unsigned long)split, (size_t)(64 * MIB));
+	printf("sparse %lx %zu\n", (unsigned long)sparse, sparse_len);
+	printf("nohuge %lx %zu\n", (unsigned long)nohuge, (size_t)(16 * MIB));
+	if (hugetlb)
+		printf("hugetlb %lx %zu\n", (unsigned long)hugetlb, hugetlb_len);
+	printf("ready\n");
+	fflush(stdout);
+
+	char buf[64];
+	while (read(0, buf, sizeof(buf)) > 0)
+		;
+	return 0;
+}

@@ -1,0 +1,302 @@
+"""The probes and their loader: the only module that imports bcc.
+
+Builds one BPF program from probes/*.c for the features asked for, prefixed by
+what this kernel says (enum values from BTF, structs from tracefs formats), loads
+it, attaches it, and reads counts out of the BPF maps (read and cleared each time).
+
+Features:
+  thp       every THP fault allocation attributed by address (raw tracepoints on the fault path)
+  faults    every page fault counted per page (needs a pid: for report --duration and top -p)
+  dax       fs_dax fault outcomes, fallbacks streamed with their fields, MAP_SYNC latency
+  syscalls  mmap / munmap / madvise, streamed
+  mincore   mincore callers, aggregated per process
+A tracepoint missing on this kernel drops what it feeds, listed in Probes.missing.
+"""
+import ctypes
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from . import btf, headers, kernel
+from .aggregate import (DAX_OUTCOMES, EVENT_DAX_FALLBACK, EVENT_MADVISE, EVENT_MMAP, EVENT_MUNMAP,
+                        MincoreStats, ProbeCounts)
+from .errors import BccMissing, KernelFeatureMissing, NotRoot, ProbeLoadFailed
+
+FEATURES = ("thp", "faults", "dax", "syscalls", "mincore")
+
+
+@dataclass(frozen=True)
+class Attachment:
+    category: str
+    event: str
+    raw: bool                         # raw tracepoint (scalar args) or classic (generated struct)
+    needs_fields: Tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return f"{self.category}:{self.event}"
+
+    @property
+    def struct(self) -> str:
+        return f"tp_{self.category}__{self.event}"
+
+
+ATTACHMENTS: Dict[str, Tuple[Attachment, ...]] = {
+    "thp": (Attachment("exceptions", "page_fault_user", True),
+            Attachment("memcg", "count_memcg_events", True)),
+    "dax": (Attachment("fs_dax", "dax_pmd_fault_done", False,
+                       ("vm_start", "vm_end", "vm_flags", "address", "pgoff", "max_pgoff", "ino", "dev",
+                        "flags", "result")),
+            Attachment("fs_dax", "dax_pte_fault_done", False, ("address", "pgoff", "ino", "dev", "result")),
+            Attachment("fs_dax", "dax_load_hole", False, ("address", "pgoff", "ino", "dev")),
+            Attachment("fs_dax", "dax_pmd_load_hole", False, ("address",)),
+            Attachment("fs_dax", "dax_pmd_load_hole_fallback", False, ("address",)),
+            Attachment("fs_dax", "dax_insert_pfn_mkwrite", False, ("address",))),
+    "syscalls": (Attachment("syscalls", "sys_enter_mmap", False, ("addr", "len", "prot", "flags", "fd", "off")),
+                 Attachment("syscalls", "sys_exit_mmap", False, ("ret",)),
+                 Attachment("syscalls", "sys_enter_munmap", False, ("addr", "len")),
+                 Attachment("syscalls", "sys_enter_madvise", False, ("start", "len_in", "behavior"))),
+    "mincore": (Attachment("syscalls", "sys_enter_mincore", False, ("start", "len", "vec")),
+                Attachment("syscalls", "sys_exit_mincore", False, ("ret",))),
+}
+ATTACHMENTS["faults"] = ATTACHMENTS["thp"]
+SOURCES = {"thp": "faults.c", "faults": "faults.c", "dax": "dax.c", "syscalls": "syscalls.c",
+           "mincore": "syscalls.c"}
+
+# uapi constants (stable ABI, include/uapi/asm-generic/mman-common.h)
+MADV = {"MADV_HUGEPAGE_NR": 14, "MADV_NOHUGEPAGE_NR": 15, "MADV_COLLAPSE_NR": 25}
+MAP_SIZES = {"THP_MAP_ENTRIES": 65536, "FAULT_MAP_ENTRIES": 262144, "MINCORE_VEC_WORDS": 512}
+
+
+def probes_dir() -> str:
+    """probes/ beside the package in a checkout, or share/pmemtrace/probes in an install."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (os.path.join(os.path.dirname(here), "probes"),
+                      os.path.join(os.sys.prefix, "share", "pmemtrace", "probes")):
+        if os.path.isfile(os.path.join(candidate, "common.h")):
+            return candidate
+    raise ProbeLoadFailed("cannot find the probes/ directory (reinstall with `sudo make install`)")
+
+
+def resolve_enums() -> Dict[str, int]:
+    """Enum values this kernel build uses: never hard-coded, they differ between builds."""
+    wanted = {"THP_FAULT_ALLOC_ITEM": "THP_FAULT_ALLOC", "THP_FILE_ALLOC_ITEM": "THP_FILE_ALLOC",
+              "VM_FAULT_NOPAGE_BIT": "VM_FAULT_NOPAGE", "VM_FAULT_FALLBACK_BIT": "VM_FAULT_FALLBACK",
+              "VM_FAULT_NEEDDSYNC_BIT": "VM_FAULT_NEEDDSYNC"}
+    out = {}
+    for macro, name in wanted.items():
+        value = btf.enum_value(name)
+        out[macro] = -1 if value is None else value
+    return out
+
+
+def plan(features: Iterable[str], tracefs: Optional[str] = None):
+    """Which attachments can be made here: (usable, formats, missing id -> what is lost)."""
+    usable: List[Attachment] = []
+    formats: Dict[str, list] = {}
+    missing: Dict[str, str] = {}
+    feeds = {tp.id: tp.feeds for tp in kernel.TRACEPOINTS}
+    seen = set()
+    for feature in features:
+        for att in ATTACHMENTS[feature]:
+            if att.id in seen:
+                continue
+            seen.add(att.id)
+            if not kernel.tracepoint_exists(att.category, att.event, tracefs):
+                missing[att.id] = f"absent on this kernel: no {feeds.get(att.id, att.id)}"
+                continue
+            if not att.raw:
+                fields = kernel.tracepoint_format(att.category, att.event, tracefs) or []
+                names = {f.name for f in fields}
+                lacking = [f for f in att.needs_fields if f not in names]
+                if lacking:
+                    missing[att.id] = (f"format lacks {', '.join(lacking)}: no "
+                                       f"{feeds.get(att.id, att.id)}")
+                    continue
+                formats[att.id] = fields
+            usable.append(att)
+    return usable, formats, missing
+
+
+def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Optional[str] = None,
+               enums: Optional[Dict[str, int]] = None):
+    """The program text and the attachments it needs; pure given tracefs, BTF and probes/."""
+    features = list(dict.fromkeys(features))
+    unknown = set(features) - set(FEATURES)
+    if unknown:
+        raise ValueError(f"unknown probe features: {sorted(unknown)}")
+    if "faults" in features and pid is None:
+        raise ValueError("the 'faults' feature counts every fault and needs a pid")
+    usable, formats, missing = plan(features, tracefs)
+    have = {a.id for a in usable}
+    # the THP attribution needs both raw tracepoints
+    for feature in ("thp", "faults"):
+        if feature in features and not all(a.id in have for a in ATTACHMENTS[feature]):
+            usable = [a for a in usable if a not in ATTACHMENTS[feature]]
+    enums = resolve_enums() if enums is None else enums
+    if any(f in features for f in ("thp", "faults")) and enums.get("THP_FAULT_ALLOC_ITEM", -1) < 0:
+        missing["btf:THP_FAULT_ALLOC"] = "enum value not found in BTF: no per-address THP fault attribution"
+        usable = [a for a in usable if not a.raw]
+    defines = [f"#define {k} {v}" for k, v in {**enums, **MADV, **MAP_SIZES}.items()]
+    defines += [f"#define EVENT_DAX_FALLBACK {EVENT_DAX_FALLBACK}", f"#define EVENT_MMAP {EVENT_MMAP}",
+                f"#define EVENT_MUNMAP {EVENT_MUNMAP}", f"#define EVENT_MADVISE {EVENT_MADVISE}"]
+    if pid is not None:
+        defines.append(f"#define PID_FILTER {int(pid)}")
+    for feature in features:
+        defines.append(f"#define FEATURE_{feature.upper()} 1")
+    structs = []
+    for att in usable:
+        if not att.raw:
+            structs.append(kernel.c_struct(att.struct, formats[att.id]))
+            defines.append(f"#define HAVE_{att.struct} 1")
+    pdir = probes_dir()
+    parts = ["/* generated by pmemtrace.loader for this kernel */", *defines, *structs]
+    with open(os.path.join(pdir, "common.h")) as f:
+        parts.append(f.read())
+    wanted_sources = []
+    for feature in features:
+        src = SOURCES[feature]
+        if src == "faults.c" and not any(a.raw for a in usable):
+            continue
+        if src not in wanted_sources:
+            wanted_sources.append(src)
+    for src in wanted_sources:
+        with open(os.path.join(pdir, src)) as f:
+            parts.append(f"/* ---- probes/{src} ---- */\n" + f.read())
+    return "\n".join(parts) + "\n", usable, missing
+
+
+def import_bcc():
+    try:
+        import bcc  # noqa: F401  (the one import of bcc in pmemtrace)
+    except ImportError:
+        raise BccMissing("bcc is not importable: install Debian's python3-bpfcc (`sudo make install`)") from None
+    return bcc
+
+
+def decode_comm(raw: bytes) -> str:
+    return bytes(raw).split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+class Probes:
+    """Loaded, attached probes. Use as a context manager so they always detach."""
+
+    def __init__(self, features: Iterable[str], pid: Optional[int] = None):
+        self.features = list(features)
+        self.pid = pid
+        self.bpf = None
+        self.events: List[dict] = []
+        self.lost_perf = 0
+        if os.geteuid() != 0:
+            raise NotRoot("loading BPF probes needs root: run with sudo")
+        self.tracefs = kernel.ensure_tracefs()
+        self.text, self.attachments, self.missing = build_text(self.features, pid, self.tracefs)
+        self.headers = headers.ensure_headers()
+
+    # -- lifecycle
+    def start(self) -> "Probes":
+        os.environ.update(self.headers.bcc_env())
+        bcc = import_bcc()
+        try:
+            self.bpf = bcc.BPF(text=self.text, cflags=["-Wno-macro-redefined", "-Wno-unused-function"])
+        except Exception as e:   # bcc raises plain Exception on compile/load errors
+            raise ProbeLoadFailed(f"BPF program failed to compile or load: {e} "
+                                  f"(see `pmemtrace doctor`; `--ebpf` prints the program)") from None
+        try:
+            for att in self.attachments:
+                if att.raw:
+                    continue    # RAW_TRACEPOINT_PROBE functions are attached by bcc itself
+                self.bpf.attach_tracepoint(tp=att.id, fn_name=f"on_{att.event}")
+            for table, handler in (("dax_events", self._on_dax_event), ("syscall_events", self._on_syscall_event)):
+                if self._has_table(table):
+                    self.bpf[table].open_perf_buffer(handler, page_cnt=64, lost_cb=self._on_lost)
+        except Exception as e:
+            self.close()
+            raise ProbeLoadFailed(f"attaching probes failed: {e}") from None
+        return self
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            try:
+                self.bpf.cleanup()
+            finally:
+                self.bpf = None
+
+    # -- reading
+    def _has_table(self, name: str) -> bool:
+        try:
+            self.bpf[name]
+            return True
+        except KeyError:
+            return False
+
+    def _on_lost(self, count):
+        self.lost_perf += count
+
+    def _on_dax_event(self, cpu, data, size):
+        e = self.bpf["dax_events"].event(data)
+        self.events.append({
+            "type": EVENT_DAX_FALLBACK, "tgid": e.tgid, "vm_start": e.vm_start, "vm_end": e.vm_end,
+            "vm_flags": e.vm_flags, "address": e.address, "pgoff": e.pgoff, "max_pgoff": e.max_pgoff,
+            "ino": e.ino, "dev": e.dev, "flags": e.flags, "result": e.result, "pte_seen": bool(e.pte_seen),
+            "comm": decode_comm(e.comm)})
+
+    def _on_syscall_event(self, cpu, data, size):
+        e = self.bpf["syscall_events"].event(data)
+        self.events.append({
+            "type": e.type, "tgid": e.tgid, "addr": e.addr, "len": e.len, "prot": e.prot,
+            "flags": e.flags, "fd": e.fd, "off": e.off, "ret": e.ret, "comm": decode_comm(e.comm)})
+
+    def poll(self, timeout_ms: int = 0) -> None:
+        """Drain streamed events into self.events."""
+        if self.bpf is not None and (self._has_table("dax_events") or self._has_table("syscall_events")):
+            self.bpf.perf_buffer_poll(timeout=timeout_ms)
+
+    def _drain(self, name: str):
+        if not self._has_table(name):
+            return []
+        table = self.bpf[name]
+        items = [(k, v) for k, v in table.items()]
+        for k, _ in items:
+            try:
+                del table[k]
+            except KeyError:
+                pass
+        return items
+
+    def snapshot(self) -> ProbeCounts:
+        """Read and clear every count map; events streamed since the last snapshot come along."""
+        self.poll(0)
+        c = ProbeCounts()
+        for k, v in self._drain("thp_faults"):
+            c.thp_faults[(k.tgid, k.addr)] = v.value
+        for k, v in self._drain("thp_unattributed"):
+            c.thp_unattributed[k.value] = v.value
+        for k, v in self._drain("page_faults"):
+            c.page_faults[(k.tgid, k.addr)] = v.value
+        for k, v in self._drain("dax_counts"):
+            c.dax[(k.tgid, DAX_OUTCOMES[k.outcome], k.vm_start)] = v.value
+        for k, v in self._drain("dsync_latency"):
+            c.dsync_latency[(k.tgid, k.vm_start, k.slot)] = v.value
+        for k, v in self._drain("mincore_counts"):
+            c.mincore[k.value] = MincoreStats(v.calls, v.errors, v.bytes, v.pages_examined,
+                                              v.pages_resident, v.ns)
+        if self._has_table("thp_comm"):
+            for k, v in self.bpf["thp_comm"].items():
+                c.comms[k.value] = decode_comm(v.comm)
+        lost_in_kernel = 0
+        if self._has_table("lost"):
+            table = self.bpf["lost"]
+            for k, v in list(table.items()):
+                lost_in_kernel += v.value
+                table[k] = ctypes.c_ulonglong(0)
+        c.events, self.events = self.events, []
+        c.lost = lost_in_kernel + self.lost_perf
+        self.lost_perf = 0
+        return c

@@ -1,0 +1,490 @@
+"""What `top` learns from /proc alone each interval, with no BPF on any fault path.
+
+Per process (``ProcSampler``):
+  - faults: minflt + majflt from /proc/PID/stat, read for every pid every interval
+    (one small read each; nothing else is read for a process whose count did not move);
+  - huge faults: the increase of PMD-mapped bytes (smaps_rollup AnonHugePages +
+    ShmemPmdMapped + FilePmdMapped) divided by the PMD size, plus the increase of hugetlb
+    bytes divided by the default hugetlb page size; smaps_rollup is read only for processes
+    whose fault count moved (or that the caller names, e.g. because BPF saw them munmap);
+  - huge share of RSS, from the same rollup.
+A process that exits between two samples takes its last faults with it. What the global
+counters (/proc/vmstat pgfault, thp_fault_alloc) counted beyond what live processes
+account for goes to one "(exited)" row. That residual also absorbs huge pages a live
+process freed and faulted again within one interval (its net gain hides them) and the
+skew of reading many files at slightly different moments; `--exact` counts by tgid in BPF.
+
+Per VMA of one process (``VmaSampler``, for ``top -p``): huge / small bytes per VMA from
+smaps (or the page tables, for DAX, through pmemtrace.pagemap when it is there), gains
+keyed by VMA start. System-wide (``read_globals``): /proc/vmstat and the mTHP per-size
+stats under /sys/kernel/mm/transparent_hugepage/hugepages-*/stats.
+
+Parsers and delta functions are pure (unit-tested on captured fixtures); the classes only
+hold the previous sample.
+"""
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+from . import kernel, procfs
+
+KIB = 1024
+PF_KTHREAD = 0x00200000
+
+# /proc/vmstat counters top reports as system-wide rates.
+VMSTAT_KEYS = ("pgfault", "pgmajfault", "thp_fault_alloc", "thp_fault_fallback", "thp_fault_fallback_charge",
+               "thp_collapse_alloc", "thp_collapse_alloc_failed", "thp_file_alloc", "thp_split_pmd")
+# mTHP per-size counters (files under hugepages-<size>kB/stats/).
+MTHP_KEYS = ("anon_fault_alloc", "anon_fault_fallback", "anon_fault_fallback_charge", "shmem_alloc")
+
+
+# ----------------------------------------------------------------- /proc/PID/stat
+
+@dataclass(frozen=True)
+class StatLine:
+    pid: int
+    comm: str
+    faults: int          # minflt + majflt (the whole thread group, dead threads included)
+    starttime: int       # clock ticks after boot: tells a reused pid apart
+    rss_pages: int
+    kthread: bool
+
+
+def parse_stat_line(data: bytes) -> Optional[StatLine]:
+    """One /proc/PID/stat; comm may hold spaces and ')' so split at the last ')'."""
+    try:
+        lpar = data.index(b"(")
+        rpar = data.rindex(b")")
+        rest = data[rpar + 2:].split()
+        return StatLine(int(data[:lpar]), data[lpar + 1:rpar].decode("utf-8", "replace"),
+                        int(rest[7]) + int(rest[9]), int(rest[19]), int(rest[21]),
+                        bool(int(rest[6]) & PF_KTHREAD))
+    except (ValueError, IndexError):
+        return None
+
+
+def read_stat_line(pid: int, proc: str = procfs.PROC) -> Optional[StatLine]:
+    try:
+        fd = os.open(f"{proc}/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return parse_stat_line(os.read(fd, 4096))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def scan_stats(proc: str = procfs.PROC) -> Dict[int, StatLine]:
+    """Every user process's stat line (kernel threads left out); vanished pids skipped."""
+    out = {}
+    for name in os.listdir(proc):
+        if name.isdigit():
+            st = read_stat_line(int(name), proc)
+            if st is not None and not st.kthread:
+                out[st.pid] = st
+    return out
+
+
+# ----------------------------------------------------------------- huge bytes
+
+@dataclass(frozen=True)
+class HugeBytes:
+    """PMD-mapped and hugetlb bytes of a process (or a VMA), and its RSS."""
+    anon_pmd: int = 0
+    shmem_pmd: int = 0
+    file_pmd: int = 0
+    hugetlb: int = 0
+    rss: int = 0            # Rss (PMD-mapped included, hugetlb not)
+
+    @property
+    def pmd(self) -> int:
+        return self.anon_pmd + self.shmem_pmd + self.file_pmd
+
+    @property
+    def huge(self) -> int:
+        return self.pmd + self.hugetlb
+
+    @property
+    def small(self) -> int:
+        return max(0, self.rss - self.pmd)
+
+    @property
+    def share(self) -> float:
+        """Share of the resident memory mapped huge (0.0 when nothing is resident)."""
+        total = self.rss + self.hugetlb
+        return self.huge / total if total else 0.0
+
+
+def huge_from_counters(c: Dict[str, int]) -> HugeBytes:
+    """From smaps / smaps_rollup counters (bytes), as procfs.parse_smaps returns them."""
+    return HugeBytes(c.get("AnonHugePages", 0), c.get("ShmemPmdMapped", 0), c.get("FilePmdMapped", 0),
+                     c.get("Shared_Hugetlb", 0) + c.get("Private_Hugetlb", 0), c.get("Rss", 0))
+
+
+def read_rollup(pid: int, proc: str = procfs.PROC) -> Optional[HugeBytes]:
+    """smaps_rollup of PID, or None when it is gone (or has no mm)."""
+    try:
+        with open(f"{proc}/{pid}/smaps_rollup", "rb") as f:
+            text = f.read().decode("utf-8", "surrogateescape")
+    except OSError:
+        return None
+    blocks = procfs.parse_smaps(text)
+    return huge_from_counters(blocks[0].counters) if blocks else None
+
+
+def huge_gain(before: HugeBytes, after: HugeBytes, pmd: int, hugetlb_page: int) -> Tuple[int, int]:
+    """(huge faults, of which anonymous) implied by the growth from before to after."""
+    anon = max(0, after.anon_pmd - before.anon_pmd) // pmd
+    other = (max(0, after.shmem_pmd - before.shmem_pmd) + max(0, after.file_pmd - before.file_pmd)) // pmd
+    tlb = max(0, after.hugetlb - before.hugetlb) // hugetlb_page
+    return anon + other + tlb, anon
+
+
+def default_hugetlb_size(meminfo: str = "/proc/meminfo") -> int:
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("Hugepagesize:"):
+                    return int(line.split()[1]) * KIB
+    except OSError:
+        pass
+    return kernel.pmd_size()
+
+
+# ----------------------------------------------------------------- global counters
+
+@dataclass(frozen=True)
+class Globals:
+    vmstat: Dict[str, int]
+    mthp: Dict[int, Dict[str, int]]      # folio size in bytes -> counter -> value
+
+
+def read_mthp_stats(root: str = kernel.THP_SYSFS, keys: Iterable[str] = MTHP_KEYS) -> Dict[int, Dict[str, int]]:
+    out = {}
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return out
+    for name in names:
+        m = re.fullmatch(r"hugepages-(\d+)kB", name)
+        if not m:
+            continue
+        stats = {}
+        for key in keys:
+            value = kernel.read_sysfs(f"{root}/{name}/stats/{key}")
+            if value is not None and value.isdigit():
+                stats[key] = int(value)
+        if stats:
+            out[int(m.group(1)) * KIB] = stats
+    return dict(sorted(out.items()))
+
+
+def read_globals(vmstat_path: str = "/proc/vmstat", thp_root: str = kernel.THP_SYSFS) -> Globals:
+    vm = kernel.read_vmstat(vmstat_path)
+    return Globals({k: vm.get(k, 0) for k in VMSTAT_KEYS}, read_mthp_stats(thp_root))
+
+
+def globals_delta(before: Globals, after: Globals) -> Globals:
+    vm = {k: after.vmstat.get(k, 0) - before.vmstat.get(k, 0) for k in after.vmstat}
+    mthp = {}
+    for size, stats in after.mthp.items():
+        prev = before.mthp.get(size, {})
+        mthp[size] = {k: v - prev.get(k, 0) for k, v in stats.items()}
+    return Globals(vm, mthp)
+
+
+# ----------------------------------------------------------------- per-process deltas
+
+@dataclass
+class Tracked:
+    """What we remember of a live process between samples."""
+    pid: int
+    starttime: int
+    comm: str
+    faults: int
+    huge: HugeBytes
+
+
+@dataclass
+class ProcDelta:
+    pid: Optional[int]              # None for the "(exited)" row
+    comm: str
+    faults: int                     # this interval
+    huge_faults: int
+    fallbacks: Optional[int] = None  # not attributable from /proc
+    huge_bytes: int = 0
+    rss_bytes: int = 0
+    anon_huge_faults: int = 0
+    new: bool = False               # started during the interval
+
+    @property
+    def huge_share(self) -> float:
+        total = self.rss_bytes
+        return self.huge_bytes / total if total else 0.0
+
+
+EXITED_COMM = "(exited)"
+
+
+def process_deltas(prev: Dict[int, Tracked], stats: Dict[int, StatLine],
+                   read_huge: Callable[[int], Optional[HugeBytes]],
+                   pmd: int, hugetlb_page: int, baseline: bool = False,
+                   also_read: Iterable[int] = ()) -> Tuple[Dict[int, Tracked], List[ProcDelta], List[int]]:
+    """Turn the previous state and this interval's stat lines into per-process deltas.
+
+    Returns (new state, deltas of processes with activity, pids that are gone).
+    A pid seen for the first time (or reused: different starttime) started during the
+    interval unless ``baseline`` (the first sample), so everything it has is new.
+    ``read_huge`` is called only for processes whose faults moved, new processes, and
+    ``also_read``; on the baseline sample it is called for every process."""
+    also = set(also_read)
+    state: Dict[int, Tracked] = {}
+    deltas: List[ProcDelta] = []
+    for pid, st in stats.items():
+        old = prev.get(pid)
+        if old is not None and old.starttime != st.starttime:
+            old = None
+        if old is None:
+            if baseline:
+                huge = read_huge(pid) or HugeBytes()
+                state[pid] = Tracked(pid, st.starttime, st.comm, st.faults, huge)
+                continue
+            old = Tracked(pid, st.starttime, st.comm, 0, HugeBytes())
+            is_new = True
+        else:
+            is_new = False
+        moved = st.faults != old.faults or pid in also or is_new
+        huge = old.huge
+        if moved:
+            got = read_huge(pid)
+            if got is not None:
+                huge = got
+        state[pid] = Tracked(pid, st.starttime, st.comm, st.faults, huge)
+        nfaults = max(0, st.faults - old.faults)
+        nhuge, nanon = huge_gain(old.huge, huge, pmd, hugetlb_page)
+        if nfaults or nhuge:
+            deltas.append(ProcDelta(pid, st.comm, nfaults, nhuge, None, huge.huge, huge.rss + huge.hugetlb,
+                                    nanon, is_new))
+    gone = [pid for pid in prev if pid not in state or state[pid].starttime != prev[pid].starttime]
+    return state, deltas, gone
+
+
+def exited_residual(g: Globals, deltas: List[ProcDelta], gone: List[int]) -> Optional[ProcDelta]:
+    """What the global counters saw beyond the live processes' deltas, or None if nothing.
+
+    Faults: pgfault minus live faults; huge faults: thp_fault_alloc minus the anonymous
+    PMD gains of live processes (both clamped at zero)."""
+    faults = g.vmstat.get("pgfault", 0) - sum(d.faults for d in deltas)
+    huge = g.vmstat.get("thp_fault_alloc", 0) - sum(d.anon_huge_faults for d in deltas)
+    faults, huge = max(0, faults), max(0, huge)
+    if not faults and not huge and not gone:
+        return None
+    return ProcDelta(None, EXITED_COMM, faults, huge, None, 0, 0, huge, False)
+
+
+@dataclass
+class Sample:
+    """One interval of /proc truth."""
+    time: float                      # wall clock at the end of the interval
+    seconds: float                   # its length
+    processes: List[ProcDelta]
+    exited: Optional[ProcDelta]
+    gone: List[int]
+    globals: Globals                 # deltas over the interval
+    current: Dict[int, Tracked] = field(default_factory=dict)
+
+
+class ProcSampler:
+    """Holds the previous sample; ``sample()`` returns the deltas since the last call."""
+
+    def __init__(self, proc: str = procfs.PROC, vmstat_path: str = "/proc/vmstat",
+                 thp_root: str = kernel.THP_SYSFS):
+        self.proc, self.vmstat_path, self.thp_root = proc, vmstat_path, thp_root
+        self.pmd = kernel.pmd_size()
+        self.hugetlb_page = default_hugetlb_size()
+        self.state: Dict[int, Tracked] = {}
+        self.globals: Optional[Globals] = None
+        self.last = 0.0
+
+    def _read(self, also_read: Iterable[int] = (), baseline: bool = False):
+        g = read_globals(self.vmstat_path, self.thp_root)
+        stats = scan_stats(self.proc)
+        state, deltas, gone = process_deltas(self.state, stats, lambda p: read_rollup(p, self.proc),
+                                             self.pmd, self.hugetlb_page, baseline, also_read)
+        self.state = state
+        return g, deltas, gone
+
+    def start(self) -> None:
+        """The baseline: every process's counters and huge bytes as they are now."""
+        self.globals, _, _ = self._read(baseline=True)
+        self.last = time.monotonic()
+
+    def sample(self, also_read: Iterable[int] = ()) -> Sample:
+        if self.globals is None:
+            self.start()
+        g, deltas, gone = self._read(also_read)
+        now = time.monotonic()
+        gd = globals_delta(self.globals, g)
+        self.globals = g
+        seconds, self.last = now - self.last, now
+        return Sample(time.time(), seconds, deltas, exited_residual(gd, deltas, gone), gone, gd, self.state)
+
+
+# ----------------------------------------------------------------- per-VMA deltas (top -p)
+
+@dataclass
+class VmaState:
+    start: int
+    end: int
+    perms: str
+    path: str
+    inode: int
+    huge: HugeBytes
+    vmflags: frozenset
+
+
+@dataclass
+class VmaDelta:
+    start: int
+    end: int
+    perms: str
+    path: str
+    huge_bytes: int
+    small_bytes: int
+    faults: int          # pages that became resident (default mode) or counted by BPF (exact)
+    huge_faults: int
+    vm_sync: bool
+    vmflags: frozenset
+
+
+def vma_states(blocks: List[procfs.Smaps]) -> List[VmaState]:
+    return [VmaState(b.map.start, b.map.end, b.map.perms, b.map.path, b.map.inode, huge_from_counters(b.counters),
+                     b.vmflags) for b in blocks]
+
+
+def _overlap_baseline(prev: List[VmaState], v: VmaState) -> HugeBytes:
+    """For a VMA new at this start address: what the previous VMAs it overlaps held,
+    capped at what it holds now (a split or merge moves pages, it does not fault them)."""
+    anon = shmem = filep = tlb = rss = 0
+    for p in prev:
+        if p.start < v.end and v.start < p.end:
+            anon += p.huge.anon_pmd
+            shmem += p.huge.shmem_pmd
+            filep += p.huge.file_pmd
+            tlb += p.huge.hugetlb
+            rss += p.huge.rss
+    h = v.huge
+    return HugeBytes(min(anon, h.anon_pmd), min(shmem, h.shmem_pmd), min(filep, h.file_pmd), min(tlb, h.hugetlb),
+                     min(rss, h.rss))
+
+
+def vma_deltas(prev: Optional[List[VmaState]], cur: List[VmaState], pmd: int, hugetlb_page: int,
+               page_size: int = kernel.PAGE_SIZE) -> List[VmaDelta]:
+    """Per-VMA gains since prev (None: the baseline, so every gain is zero)."""
+    by_start = {p.start: p for p in prev or []}
+    out = []
+    for v in cur:
+        if prev is None:
+            base = v.huge
+        elif v.start in by_start and by_start[v.start].end == v.end:
+            base = by_start[v.start].huge
+        else:
+            base = _overlap_baseline(prev, v)
+        nhuge, _ = huge_gain(base, v.huge, pmd, hugetlb_page)
+        small_pages = max(0, v.huge.small - base.small) // page_size
+        out.append(VmaDelta(v.start, v.end, v.perms, v.path, v.huge.huge, v.huge.small, small_pages + nhuge, nhuge,
+                            "sf" in v.vmflags, v.vmflags))
+    return out
+
+
+class VmaSampler:
+    """One process's VMAs, sampled from /proc/PID/smaps each interval."""
+
+    def __init__(self, pid: int, read_smaps: Callable[[int], List[procfs.Smaps]] = procfs.read_smaps):
+        self.pid = pid
+        self.read_smaps = read_smaps
+        self.pmd = kernel.pmd_size()
+        self.hugetlb_page = default_hugetlb_size()
+        self.prev: Optional[List[VmaState]] = None
+
+    def sample(self) -> List[VmaDelta]:
+        """Raises ProcessExited when the process is gone."""
+        cur = vma_states(self.read_smaps(self.pid))
+        out = vma_deltas(self.prev, cur, self.pmd, self.hugetlb_page)
+        self.prev = cur
+        return out
+
+
+# ----------------------------------------------------------------- DAX / VM_SYNC VMA counts
+# Minimal, until pmemtrace.vmas offers the shared classification.
+
+STATX_ATTR_DAX = 0x00200000
+AT_FDCWD = -100
+_libc = None
+
+
+def file_is_fsdax(path: str) -> bool:
+    """statx(2) STATX_ATTR_DAX of the file at path (a /proc/PID/map_files entry)."""
+    global _libc
+    import ctypes
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(_libc, "statx"):
+        return False
+    buf = ctypes.create_string_buffer(256)
+    if _libc.statx(AT_FDCWD, os.fsencode(path), 0, 0x7ff, buf) != 0:
+        return False
+    mask = int.from_bytes(buf.raw[24:32], "little")        # stx_attributes_mask
+    attrs = int.from_bytes(buf.raw[8:16], "little")        # stx_attributes
+    return bool(mask & attrs & STATX_ATTR_DAX)
+
+
+def char_dev_is_dax(rdev: int, sys_dev: str = "/sys/dev/char") -> bool:
+    link = f"{sys_dev}/{os.major(rdev)}:{os.minor(rdev)}/subsystem"
+    try:
+        return os.path.basename(os.readlink(link)) == "dax"
+    except OSError:
+        return False
+
+
+def vma_dax(pid: int, m: procfs.MapEntry) -> str:
+    """'fsdax', 'devdax' or 'none' for one mapping of pid."""
+    if not m.inode:
+        return "none"
+    path = procfs.map_file_path(pid, m)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "none"
+    import stat as statmod
+    if statmod.S_ISCHR(st.st_mode):
+        return "devdax" if char_dev_is_dax(st.st_rdev) else "none"
+    return "fsdax" if file_is_fsdax(path) else "none"
+
+
+@dataclass(frozen=True)
+class VmaCounts:
+    dax: int
+    vm_sync: int
+
+
+def vma_counts(pid: int, blocks: List[procfs.Smaps], dax_of: Callable[[int, procfs.MapEntry], str] = vma_dax,
+               cache: Optional[Dict[Tuple[Tuple[int, int], int], str]] = None) -> VmaCounts:
+    """How many VMAs of pid are DAX, and how many carry VM_SYNC (VmFlags 'sf').
+
+    ``cache`` maps (device, inode) to the DAX verdict across calls (one statx per file)."""
+    cache = {} if cache is None else cache
+    dax = 0
+    for b in blocks:
+        if not b.map.inode:
+            continue
+        key = (b.map.dev, b.map.inode)
+        if key not in cache:
+            cache[key] = dax_of(pid, b.map)
+        dax += cache[key] != "none"
+    sync = sum(1 for b in blocks if "sf" in b.vmflags)
+    return VmaCounts(dax, sync)

@@ -472,6 +472,9 @@ def fallback_page_state(entry: int, kflags: Optional[int], facts: VmaFacts) -> t
             huge, size = False, PAGE_SIZE        # a small folio can only be PTE-mapped
         if zero is None:
             zero = bool(kflags & KPF_ZERO_PAGE) if kflags is not None else None
+        if zero:                                  # pagemap flags the huge zero page PM_FILE;
+            file = False                          # PAGEMAP_SCAN does not: follow PAGEMAP_SCAN
+            kind = facts.kind if facts.kind in ("hugetlb", "dax") else "anon"
     written = (not entry & PM_UFFD_WP) if present or swapped else None
     return (present, huge, size, kind, written, bool(entry & PM_SOFT_DIRTY), file, swapped, zero)
 

@@ -1,0 +1,293 @@
+"""`pmemtrace pages PID [RANGE]`: a mincore2 for any process.
+
+For each VMA (or the part of it inside RANGE): a header, a map strip with one character
+per PMD-size block (2 MiB on x86-64), and one row per run of pages in the same state.
+Data from pmemtrace.pagemap (PAGEMAP_SCAN, else pagemap+kpageflags). The pure pieces,
+``parse_range``, ``strip_segments``/``strip`` and ``to_json``, are unit-tested.
+"""
+import json
+import re
+import sys
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .. import pagemap, procfs
+from ..errors import BadRange
+from ..pagemap import PageRun, VmaFacts
+
+# ---------------------------------------------------------------- range parsing
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_NUM = re.compile(r"^(0[xX][0-9a-fA-F]+|[0-9]+)([KMGTkmgt]?)(i?[bB])?$")
+
+
+def parse_number(text: str, allow_suffix: bool = False) -> int:
+    """'0x7f00', '4096', and with allow_suffix '2M', '1G', '64KiB'."""
+    m = _NUM.match(text.strip())
+    if not m or ((m.group(2) or m.group(3)) and not allow_suffix):
+        raise BadRange(f"not an address or size: {text!r}")
+    if m.group(3) and not m.group(2):
+        raise BadRange(f"not an address or size: {text!r}")
+    return int(m.group(1), 0) * _UNITS[m.group(2).upper()]
+
+
+def parse_range(spec: str, page_size: int = pagemap.PAGE_SIZE) -> Tuple[int, int]:
+    """START-END or START+LEN -> [start, end), widened to whole pages."""
+    spec = spec.strip()
+    if "+" in spec:
+        a, _, b = spec.partition("+")
+        start = parse_number(a)
+        end = start + parse_number(b, allow_suffix=True)
+    elif "-" in spec:
+        a, _, b = spec.partition("-")
+        start, end = parse_number(a), parse_number(b)
+    else:
+        raise BadRange(f"range {spec!r}: expected START-END or START+LEN")
+    if end <= start:
+        raise BadRange(f"range {spec!r} is empty: end must be above start")
+    if end > 1 << 64:
+        raise BadRange(f"range {spec!r} ends beyond 64-bit addresses")
+    start -= start % page_size
+    end += -end % page_size
+    return start, end
+
+
+# ---------------------------------------------------------------- VMAs to show
+
+@dataclass(frozen=True)
+class Target:
+    """One VMA and the part of it to scan."""
+    block: procfs.Smaps
+    lo: int
+    hi: int
+
+
+def select_targets(blocks: Sequence[procfs.Smaps], rng: Optional[Tuple[int, int]] = None,
+                   vma_addr: Optional[int] = None) -> List[Target]:
+    """VMAs to show, clipped to the range; BadRange when nothing is selected."""
+    chosen = list(blocks)
+    if vma_addr is not None:
+        chosen = [b for b in chosen if b.map.start <= vma_addr < b.map.end]
+        if not chosen:
+            raise BadRange(f"no VMA contains {vma_addr:#x}")
+    lo, hi = rng if rng else (0, 1 << 64)
+    out = [Target(b, max(lo, b.map.start), min(hi, b.map.end))
+           for b in chosen if b.map.start < hi and b.map.end > lo and b.map.path != "[vsyscall]"]
+    if not out:
+        where = f"{lo:#x}-{hi:#x}" if rng else "this process"
+        raise BadRange(f"no VMA in {where}" + (f" contains {vma_addr:#x}" if vma_addr is not None else ""))
+    return out
+
+
+def vma_dax(pid: int, m: procfs.MapEntry) -> bool:
+    """Is this mapping DAX? Shared classification where the tree has it, else device-DAX by path."""
+    try:
+        from ..sampler import vma_dax as dax_of     # statx STATX_ATTR_DAX / dax char device
+    except ImportError:
+        return m.path.startswith("/dev/dax")
+    return dax_of(pid, m) != "none"
+
+
+# ---------------------------------------------------------------- map strip
+
+STRIP_LEGEND = (("H", "huge"), ("s", "small only"), ("m", "mixed"), (".", "absent"), ("?", "size unknown"))
+_HUGE, _SMALL, _UNKNOWN = 1, 2, 4
+
+
+def _block_char(flags: int) -> str:
+    if flags & _UNKNOWN:
+        return "?"
+    if flags == _HUGE:
+        return "H"
+    if flags == _SMALL:
+        return "s"
+    if flags == _HUGE | _SMALL:
+        return "m"
+    return "."
+
+
+def strip_segments(runs: Sequence[PageRun], lo: int, hi: int,
+                   block: Optional[int] = None) -> List[Tuple[str, int]]:
+    """Run-length map of [lo, hi): (char, number of blocks), one char per ``block`` bytes.
+
+    Blocks are aligned to ``block`` (the PMD size by default); a block counts a run if
+    any present page of it lies in the block. Cost is O(runs), not O(blocks), so a
+    mostly-empty terabyte VMA stays cheap.
+    """
+    block = block or pagemap.pmd_size()
+    first, last = lo // block, (hi - 1) // block + 1          # block indexes [first, last)
+    # Sweep line over block indexes: +1/-1 per flag at run edges.
+    events: Dict[int, List[int]] = {}
+    for r in runs:
+        if not r.present or r.end <= lo or r.start >= hi:
+            continue
+        flag = _UNKNOWN if r.huge is None else (_HUGE if r.huge else _SMALL)
+        a, b = max(r.start, lo) // block, (min(r.end, hi) - 1) // block + 1
+        events.setdefault(a, [0, 0, 0])[flag.bit_length() - 1] += 1
+        events.setdefault(b, [0, 0, 0])[flag.bit_length() - 1] -= 1
+    segs: List[Tuple[str, int]] = []
+    counts = [0, 0, 0]
+    pos = first
+    for idx in sorted(events) + [last]:
+        if idx > pos:
+            flags = sum(1 << i for i, c in enumerate(counts) if c > 0)
+            ch = _block_char(flags)
+            n = min(idx, last) - pos
+            if n > 0:
+                if segs and segs[-1][0] == ch:
+                    segs[-1] = (ch, segs[-1][1] + n)
+                else:
+                    segs.append((ch, n))
+            pos = idx
+        if idx in events:
+            counts = [c + d for c, d in zip(counts, events[idx])]
+    return segs
+
+
+def strip(runs: Sequence[PageRun], lo: int, hi: int, block: Optional[int] = None) -> str:
+    return "".join(ch * n for ch, n in strip_segments(runs, lo, hi, block))
+
+
+def strip_lines(runs: Sequence[PageRun], lo: int, hi: int, width: int = 64,
+                block: Optional[int] = None) -> List[Tuple[int, str]]:
+    """The strip cut into (address, text) lines of ``width`` blocks; a stretch of wholly
+    absent lines becomes one line reading '... N absent'."""
+    block = block or pagemap.pmd_size()
+    base = lo - lo % block
+    lines: List[Tuple[int, str]] = []
+    cur, cur_addr, absent_from, absent_blocks = "", base, None, 0
+    addr = base
+    for ch, n in strip_segments(runs, lo, hi, block):
+        while n:
+            take = min(n, width - len(cur))
+            if ch == "." and not cur and take == width and n >= width:
+                whole = (n // width) * width          # skip whole absent lines at once
+                if absent_from is None:
+                    absent_from, absent_blocks = addr, 0
+                absent_blocks += whole
+                addr += whole * block
+                n -= whole
+                continue
+            if absent_from is not None:
+                lines.append((absent_from, f"... {human(absent_blocks * block)} absent"))
+                absent_from = None
+            if not cur:
+                cur_addr = addr
+            cur += ch * take
+            addr += take * block
+            n -= take
+            if len(cur) == width:
+                lines.append((cur_addr, cur))
+                cur = ""
+    if absent_from is not None:
+        lines.append((absent_from, f"... {human(absent_blocks * block)} absent"))
+    if cur:
+        lines.append((cur_addr, cur))
+    return lines
+
+
+# ---------------------------------------------------------------- text helpers
+
+def human(n: Optional[int]) -> str:
+    """Bytes in the largest binary unit that divides them exactly: 4K, 2M, 1G, 1020K."""
+    if n is None:
+        return "?"
+    for unit, size in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return f"{n}B" if n < 1024 else f"{n / 1024:.1f}K"
+
+
+def printable(text: str) -> str:
+    """/proc text made safe to show: undecodable bytes and control characters as escapes."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def yes_no(v: Optional[bool]) -> str:
+    return "?" if v is None else ("yes" if v else "no")
+
+
+# ---------------------------------------------------------------- JSON
+
+def run_dict(r: PageRun) -> dict:
+    return {"start": r.start, "end": r.end, "length": r.length, "present": r.present,
+            "page_size": r.page_size, "huge": r.huge, "kind": r.kind, "written": r.written,
+            "soft_dirty": r.soft_dirty, "file": r.file, "swapped": r.swapped,
+            "zero_pfn": r.zero_pfn, "guard": r.guard}
+
+
+def to_json(pid: int, source: str, sections: Sequence[Tuple[procfs.Smaps, int, int, Sequence[PageRun]]]) -> dict:
+    """{"pid", "source", "runs": [...], "vmas": [...]}: addresses and sizes as integers."""
+    runs, vmas = [], []
+    for block, lo, hi, vruns in sections:
+        m = block.map
+        vmas.append({"start": m.start, "end": m.end, "perms": m.perms, "path": m.path,
+                     "scanned_start": lo, "scanned_end": hi, "strip": strip(vruns, lo, hi)})
+        runs += [dict(run_dict(r), vma_start=m.start) for r in vruns]
+    return {"pid": pid, "source": source, "block_size": pagemap.pmd_size(), "runs": runs, "vmas": vmas}
+
+
+# ---------------------------------------------------------------- rich rendering
+
+def render(console, pid: int, comm: str, source: str,
+           sections: Sequence[Tuple[procfs.Smaps, int, int, Sequence[PageRun]]]) -> None:
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    console.print(Text(f"pid {pid} ({printable(comm)})  source: {source}  "
+                       f"strip: one character per {human(pagemap.pmd_size())}", style="bold"))
+    legend = "  ".join(f"{ch} {name}" for ch, name in STRIP_LEGEND)
+    console.print(Text(f"legend: {legend}"))
+    for block, lo, hi, runs in sections:
+        m = block.map
+        console.print()
+        head = Text(f"{m.start:#x}-{m.end:#x} {m.perms} {human(m.size)}", style="bold cyan")
+        if m.path:
+            head.append(" " + printable(m.path))
+        if (lo, hi) != (m.start, m.end):
+            head.append(f"  (showing {lo:#x}-{hi:#x})")
+        console.print(head)
+        for addr, line in strip_lines(runs, lo, hi):
+            console.print(Text(f"  {addr:#014x} {line}"))
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for col, just in (("start", "left"), ("end", "left"), ("length", "right"), ("present", "left"),
+                          ("page size", "right"), ("kind", "left"), ("written", "left"),
+                          ("soft-dirty", "left")):
+            table.add_column(col, justify=just, no_wrap=True)
+        for r in runs:
+            table.add_row(f"{r.start:#x}", f"{r.end:#x}", human(r.length), yes_no(r.present),
+                          human(r.page_size) if r.present else "-", escape(r.kind),
+                          yes_no(r.written) if r.present or r.swapped else "-", yes_no(r.soft_dirty))
+        console.print(table)
+
+
+# ---------------------------------------------------------------- command
+
+def collect(pid: int, range_spec: Optional[str] = None, vma_addr: Optional[str] = None):
+    """(comm, source, sections) for the command; sections are (smaps block, lo, hi, runs)."""
+    rng = parse_range(range_spec) if range_spec else None
+    addr = parse_number(vma_addr) if vma_addr is not None else None
+    comm = procfs.check_pid(pid)
+    targets = select_targets(procfs.read_smaps(pid), rng, addr)
+    source = pagemap.SOURCE_SCAN if pagemap.scan_supported() else pagemap.SOURCE_FALLBACK
+    reader = pagemap.scan if source == pagemap.SOURCE_SCAN else pagemap.scan_fallback
+    sections = []
+    for t in targets:
+        facts = pagemap.facts_from_smaps(t.block, dax=vma_dax(pid, t.block.map))
+        sections.append((t.block, t.lo, t.hi, reader(pid, t.lo, t.hi, facts)))
+    return comm, source, sections
+
+
+def run(pid: int, range_spec: Optional[str] = None, vma_addr: Optional[str] = None,
+        as_json: bool = False) -> None:
+    comm, source, sections = collect(pid, range_spec, vma_addr)
+    if as_json:
+        sys.stdout.write(json.dumps(to_json(pid, source, sections)) + "\n")
+        return
+    from rich.console import Console
+    # A pipe has no width: give the table room instead of rich's 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=120)
+    render(console, pid, comm, source, sections)

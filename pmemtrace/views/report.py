@@ -1,0 +1,179 @@
+"""`pmemtrace report PID`: one row per VMA, huge vs small bytes, DAX, VM_SYNC, THP eligibility.
+
+With --duration the probes are attached for that long and per-VMA fault columns are
+added (faults, THP faults by address, DAX PMD / PTE / fallback / NEEDDSYNC faults).
+"""
+import json
+import os
+import time
+from typing import Dict, List, Optional
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .. import aggregate, daxcause, kernel, vmas as vmas_mod
+from ..errors import ProcessExited
+from .text import human_bytes, printable
+
+JSON_SCHEMA_VERSION = 1
+FAULT_KEYS = ("faults", "huge_faults", "dax_pmd_faults", "dax_pte_faults", "dax_fallbacks", "dax_needdsync")
+
+
+def visible(v: vmas_mod.Vma, show_all: bool) -> bool:
+    return show_all or v.rss_bytes > 0 or bool(v.huge_bytes) or bool(v.small_bytes)
+
+
+def fault_columns(vc: Optional[aggregate.VmaCounts]) -> Dict[str, object]:
+    vc = vc or aggregate.VmaCounts()
+    return {
+        "faults": vc.faults,
+        "huge_faults": vc.huge_faults,
+        "dax_pmd_faults": vc.dax["pmd_huge"],
+        "dax_pte_faults": vc.dax["pte"] + vc.dax["pte_needdsync"],
+        "dax_fallbacks": vc.dax["pmd_fallback"],
+        "dax_needdsync": vc.dax["pmd_needdsync"] + vc.dax["pte_needdsync"],
+        "dax_fallback_causes": dict(vc.fallback_causes),
+        "map_sync_latency_log2_ns": {str(k): v for k, v in sorted(vc.dsync_latency.items())},
+        "madvise": dict(vc.madvise),
+    }
+
+
+def vma_dict(v: vmas_mod.Vma) -> dict:
+    return {"start": v.start, "end": v.end, "perms": v.perms, "backing": v.backing, "path": v.path,
+            "rss_bytes": v.rss_bytes, "huge_bytes": v.huge_bytes, "small_bytes": v.small_bytes,
+            "dax": v.dax, "vm_sync": v.vm_sync, "thp_eligible": v.thp_eligible, "thp_reason": v.thp_reason}
+
+
+def totals(rows: List[vmas_mod.Vma]) -> dict:
+    def total(attr):
+        values = [getattr(v, attr) for v in rows]
+        return sum(x for x in values if x is not None)
+    return {"rss_bytes": total("rss_bytes"), "huge_bytes": total("huge_bytes"), "small_bytes": total("small_bytes")}
+
+
+def build_json(proc: vmas_mod.ProcessVmas, show_all: bool, policy: kernel.ThpPolicy,
+               faults: Optional[Dict[object, aggregate.VmaCounts]] = None, duration: Optional[float] = None,
+               probe_notes: Optional[Dict[str, str]] = None, lost: int = 0) -> dict:
+    rows = [v for v in proc.vmas if visible(v, show_all) or (faults and v.start in faults)]
+    out = {
+        "schema": JSON_SCHEMA_VERSION, "pid": proc.pid, "comm": proc.comm, "kernel": kernel.release(),
+        "source": proc.source,
+        "thp": {"enabled": policy.enabled, "defrag": policy.defrag, "shmem_enabled": policy.shmem_enabled},
+        "notes": list(proc.notes),
+        "vmas": [],
+        "totals": totals(rows),
+    }
+    for v in rows:
+        d = vma_dict(v)
+        if faults is not None:
+            d.update(fault_columns(faults.get(v.start)))
+        out["vmas"].append(d)
+    if faults is not None:
+        out["duration"] = duration
+        out["lost_events"] = lost
+        out["unmapped"] = fault_columns(faults.get(aggregate.UNMAPPED))
+        out["probes_missing"] = dict(probe_notes or {})
+        for key in FAULT_KEYS:
+            out["totals"][key] = sum(d[key] for d in out["vmas"]) + out["unmapped"][key]
+    return out
+
+
+def yes_no(b: bool) -> str:
+    return "yes" if b else "no"
+
+
+def render(console: Console, data: dict) -> None:
+    thp = data["thp"]
+    header = Text.assemble(
+        ("pid ", "bold"), str(data["pid"]), "  ", ("comm ", "bold"), printable(data["comm"]), "  ",
+        ("kernel ", "bold"), data["kernel"], "  ",
+        ("THP ", "bold"), f"enabled={thp['enabled']} defrag={thp['defrag']} shmem={thp['shmem_enabled']}", "  ",
+        ("page sizes from ", "bold"), data["source"])
+    console.print(header)
+    with_faults = "duration" in data
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    for name, justify in (("START", "right"), ("END", "right"), ("SIZE", "right"), ("PERM", "left"),
+                          ("BACKING", "left"), ("RSS", "right"), ("HUGE", "right"), ("SMALL", "right"),
+                          ("DAX", "left"), ("SYNC", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    if with_faults:
+        for name in ("FAULTS", "THP", "DAXPMD", "DAXPTE", "FALLBK", "DSYNC"):
+            table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("THP", justify="left", no_wrap=True)
+    table.add_column("PATH", justify="left", overflow="fold")
+    reasons: Dict[str, int] = {}      # each distinct THP reason printed once, as a numbered note
+
+    def fault_cells(d):
+        return [str(d[k]) for k in FAULT_KEYS] if with_faults else []
+
+    for d in data["vmas"]:
+        table.add_row(f"{d['start']:x}", f"{d['end']:x}", human_bytes(d["end"] - d["start"]), d["perms"],
+                      d["backing"], human_bytes(d["rss_bytes"]), human_bytes(d["huge_bytes"]),
+                      human_bytes(d["small_bytes"]), d["dax"], yes_no(d["vm_sync"]), *fault_cells(d),
+                      f"{yes_no(d['thp_eligible'])} [{reasons.setdefault(d['thp_reason'], len(reasons) + 1)}]",
+                      Text(printable(d["path"])))
+    if with_faults and any(data["unmapped"][k] for k in FAULT_KEYS):
+        u = data["unmapped"]
+        table.add_row("", "", "", "", "(unmapped)", "", "", "", "", "", *fault_cells(u), "", "")
+    t = data["totals"]
+    table.add_row(Text("total", style="bold"), "", "", "", "", human_bytes(t["rss_bytes"]),
+                  human_bytes(t["huge_bytes"]), human_bytes(t["small_bytes"]), "", "",
+                  *(fault_cells(t) if with_faults else []), "", "", style="bold")
+    console.print(table)
+    for reason, n in reasons.items():
+        console.print(Text(f"[{n}] THP {reason}"))
+    for note in data["notes"]:
+        console.print(Text(f"note: {note}"))
+    if with_faults:
+        console.print(Text(f"probes attached {data['duration']:g}s; lost events: {data['lost_events']}"))
+        for tp, why in data["probes_missing"].items():
+            console.print(Text(f"note: {tp} {why}"))
+
+
+def observe(pid: int, duration: float, ebpf: bool):
+    """Attach the probes for `duration` seconds; per-VMA counts keyed by VMA start."""
+    from ..loader import Probes      # only here: plain report needs no bcc
+    probes = Probes(["thp", "faults", "dax", "syscalls", "mincore"], pid=pid)
+    if ebpf:
+        print(probes.text)
+        return None
+    with probes:
+        deadline = time.monotonic() + duration
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            probes.poll(int(min(left, 0.2) * 1000))
+            if not os.path.exists(f"/proc/{pid}"):
+                raise ProcessExited(f"pid {pid} exited during the {duration:g}s observation")
+        counts = probes.snapshot()
+    return counts, probes.missing
+
+
+def make_console() -> Console:
+    """A terminal gets rich's own width; a pipe gets lines wide enough not to cut columns."""
+    console = Console()
+    return console if console.is_terminal else Console(width=250)
+
+
+def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optional[float] = None,
+        ebpf: bool = False) -> None:
+    policy = kernel.thp_policy()
+    faults = lost = missing = None
+    if duration is not None or ebpf:
+        vmas_mod.describe_process(pid)          # fail fast on a bad pid before attaching
+        observed = observe(pid, duration or 0.0, ebpf)
+        if observed is None:
+            return
+        counts, missing = observed
+        lost = counts.lost
+    proc = vmas_mod.describe_process(pid)
+    if duration is not None:
+        index = aggregate.VmaIndex((v.start, v.end) for v in proc.vmas)
+        faults = aggregate.per_vma(counts, pid, index, kernel.pmd_size(), daxcause.classify)
+    data = build_json(proc, show_all, policy, faults, duration, missing, lost or 0)
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        render(make_console(), data)

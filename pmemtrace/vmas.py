@@ -1,0 +1,231 @@
+"""The per-VMA model: what each mapping is (backing, DAX, VM_SYNC), whether THP may
+back it and why, and how many of its bytes are mapped huge vs small.
+
+classify_* functions are pure (unit-tested on smaps fixtures); describe_process()
+is the one place that reads /proc, statx and the page tables for a pid.
+"""
+import ctypes
+import ctypes.util
+import os
+import stat
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from . import kernel, pagemap, procfs
+from .errors import NoSuchProcess, NotRoot, ProcessExited
+
+STATX_ATTR_DAX = 0x00200000
+AT_SYMLINK_NOFOLLOW = 0x100
+TMPFS_MAGIC = 0x01021994
+HUGETLBFS_MAGIC = 0x958458F6
+SPECIAL_NAMES = ("[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "[uprobes]", "[sigpage]", "[vectors]")
+
+SOURCE_PAGEMAP_SCAN = "PAGEMAP_SCAN"
+SOURCE_SMAPS = "smaps"
+
+
+@dataclass
+class Vma:
+    start: int
+    end: int
+    perms: str
+    backing: str            # anon heap stack file shmem hugetlb device-dax special
+    path: str
+    rss_bytes: int
+    huge_bytes: Optional[int]     # None: unknown with this source (DAX without PAGEMAP_SCAN)
+    small_bytes: Optional[int]
+    dax: str                # fsdax / devdax / none
+    vm_sync: bool
+    thp_eligible: bool
+    thp_reason: str
+    vmflags: Tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+# ------------------------------------------------------------- statx / statfs
+
+class _StatxTimestamp(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_uint32), ("__reserved", ctypes.c_int32)]
+
+
+class _Statx(ctypes.Structure):
+    _fields_ = [("stx_mask", ctypes.c_uint32), ("stx_blksize", ctypes.c_uint32),
+                ("stx_attributes", ctypes.c_uint64), ("stx_nlink", ctypes.c_uint32),
+                ("stx_uid", ctypes.c_uint32), ("stx_gid", ctypes.c_uint32), ("stx_mode", ctypes.c_uint16),
+                ("__spare0", ctypes.c_uint16), ("stx_ino", ctypes.c_uint64), ("stx_size", ctypes.c_uint64),
+                ("stx_blocks", ctypes.c_uint64), ("stx_attributes_mask", ctypes.c_uint64),
+                ("stx_atime", _StatxTimestamp), ("stx_btime", _StatxTimestamp),
+                ("stx_ctime", _StatxTimestamp), ("stx_mtime", _StatxTimestamp),
+                ("stx_rdev_major", ctypes.c_uint32), ("stx_rdev_minor", ctypes.c_uint32),
+                ("stx_dev_major", ctypes.c_uint32), ("stx_dev_minor", ctypes.c_uint32),
+                ("__spare2", ctypes.c_uint64 * 14)]
+
+
+class _Statfs(ctypes.Structure):
+    _fields_ = [("f_type", ctypes.c_long), ("__rest", ctypes.c_long * 15)]
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def statx_dax(path: str) -> Optional[bool]:
+    """STATX_ATTR_DAX of the file (through /proc/PID/map_files it is the mapped file itself)."""
+    buf = _Statx()
+    if _libc.statx(-100, os.fsencode(path), 0, 0x7FF, ctypes.byref(buf)) != 0:
+        return None
+    if not buf.stx_attributes_mask & STATX_ATTR_DAX:
+        return False
+    return bool(buf.stx_attributes & STATX_ATTR_DAX)
+
+
+def fs_type(path: str) -> Optional[int]:
+    buf = _Statfs()
+    if _libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
+        return None
+    return buf.f_type & 0xFFFFFFFF
+
+
+def is_devdax_char(rdev: int) -> bool:
+    """A character device whose sysfs subsystem is dax (/dev/daxX.Y)."""
+    link = f"/sys/dev/char/{os.major(rdev)}:{os.minor(rdev)}/subsystem"
+    try:
+        return os.path.basename(os.readlink(link)) == "dax"
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    dax: str = "none"         # fsdax / devdax / none
+    fs_magic: Optional[int] = None
+
+
+def file_facts(pid: int, m: procfs.MapEntry) -> FileFacts:
+    """DAX and filesystem of a file mapping, read through /proc/PID/map_files."""
+    if m.inode == 0:
+        return FileFacts()
+    path = procfs.map_file_path(pid, m)
+    try:
+        st = os.stat(path)
+    except PermissionError:
+        raise NotRoot("reading /proc/PID/map_files needs root (CAP_SYS_ADMIN): run with sudo") from None
+    except OSError:
+        return FileFacts()
+    if stat.S_ISCHR(st.st_mode):
+        return FileFacts("devdax" if is_devdax_char(st.st_rdev) else "none")
+    return FileFacts("fsdax" if statx_dax(path) else "none", fs_type(path))
+
+
+# ------------------------------------------------------------- pure classification
+
+def classify_backing(m: procfs.MapEntry, vmflags: frozenset, facts: FileFacts) -> str:
+    if "ht" in vmflags:
+        return "hugetlb"
+    if facts.dax == "devdax":
+        return "device-dax"
+    if m.path == "[heap]":
+        return "heap"
+    if m.path.startswith("[stack"):
+        return "stack"
+    if m.path in SPECIAL_NAMES or "pf" in vmflags or "io" in vmflags:
+        return "special"
+    if m.inode == 0:
+        return "shmem" if m.shared else "anon"
+    if (facts.fs_magic == TMPFS_MAGIC or m.path.startswith("/memfd:") or m.path.startswith("/SYSV")
+            or m.path.startswith("/dev/zero")):
+        return "shmem"
+    return "file"
+
+
+def classify_thp(backing: str, dax: str, vmflags: frozenset, smaps_eligible: Optional[int],
+                 policy: kernel.ThpPolicy, thp_disabled_by_prctl: bool) -> Tuple[bool, str]:
+    """Whether THP may back this VMA, and why, in words."""
+    if backing == "hugetlb":
+        return False, "hugetlb: mapped with huge pages from the hugetlb pool, not THP"
+    if dax != "none":
+        return False, ("DAX: no THP; PMD mappings need 2 MiB alignment of address and file offset "
+                       "and 2 MiB extents (see --duration for fallbacks)")
+    if backing == "special":
+        return False, "special mapping (vdso, PFN/IO map): never THP"
+    if thp_disabled_by_prctl:
+        return False, "THP disabled for this process by prctl(PR_SET_THP_DISABLE)"
+    if "nh" in vmflags:
+        return False, "MADV_NOHUGEPAGE on this VMA (VmFlags nh)"
+    if backing == "shmem":
+        if smaps_eligible:
+            return True, f"shmem: eligible (shmem_enabled={policy.shmem_enabled} or tmpfs huge= mount option)"
+        return False, (f"shmem: shmem_enabled={policy.shmem_enabled} and the mount's huge= option "
+                       f"do not allow huge pages here")
+    if backing == "file":
+        if smaps_eligible:
+            return True, "file: eligible (large folios on this filesystem)"
+        return False, "file: page cache of this filesystem is not THP-eligible here"
+    if policy.enabled == "never":
+        return False, "THP disabled system-wide (enabled=never)"
+    if smaps_eligible:
+        if policy.enabled == "always":
+            return True, "enabled=always"
+        if "hg" in vmflags:
+            return True, "MADV_HUGEPAGE on this VMA (VmFlags hg)"
+        return True, "eligible (per-size mTHP policy)"
+    if policy.enabled == "madvise" and "hg" not in vmflags:
+        return False, "enabled=madvise and no MADV_HUGEPAGE on this VMA"
+    return False, "no 2 MiB-aligned 2 MiB range inside this VMA (too small or misaligned)"
+
+
+def smaps_huge_bytes(block: procfs.Smaps) -> int:
+    return (block.get("AnonHugePages") + block.get("ShmemPmdMapped") + block.get("FilePmdMapped")
+            + block.get("Shared_Hugetlb") + block.get("Private_Hugetlb"))
+
+
+# ------------------------------------------------------------- gathering
+
+@dataclass
+class ProcessVmas:
+    pid: int
+    comm: str
+    source: str                # PAGEMAP_SCAN or smaps
+    vmas: List[Vma]
+    notes: List[str]
+
+
+def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None) -> ProcessVmas:
+    """Every VMA of pid with its facts; raises NoSuchProcess / ProcessExited / KernelThread."""
+    comm = procfs.check_pid(pid)
+    status = procfs.read_status(pid)
+    prctl_off = status.get("THP_enabled", "1").strip() == "0"
+    policy = kernel.thp_policy()
+    if use_pagemap_scan is None:
+        use_pagemap_scan = pagemap.scan_supported()
+    source = SOURCE_PAGEMAP_SCAN if use_pagemap_scan else SOURCE_SMAPS
+    notes = []
+    vmas = []
+    for block in procfs.read_smaps(pid):
+        m = block.map
+        facts = file_facts(pid, m)
+        backing = classify_backing(m, block.vmflags, facts)
+        eligible, reason = classify_thp(backing, facts.dax, block.vmflags, block.counters.get("THPeligible"),
+                                        policy, prctl_off)
+        if use_pagemap_scan and backing != "special":
+            try:
+                huge, small = pagemap.huge_small_bytes(pid, m.start, m.end)
+            except ProcessExited:
+                raise
+            except OSError:
+                huge, small = smaps_huge_bytes(block), block.get("Rss") - smaps_huge_bytes(block)
+        elif facts.dax != "none":
+            huge = small = None     # smaps cannot see DAX mappings' page sizes
+        else:
+            huge = smaps_huge_bytes(block)
+            small = max(block.get("Rss") - huge, 0)
+        vmas.append(Vma(m.start, m.end, m.perms, backing, m.path, block.get("Rss"), huge, small,
+                        facts.dax, "sf" in block.vmflags, eligible, reason, tuple(sorted(block.vmflags))))
+    if not use_pagemap_scan and any(v.dax != "none" for v in vmas):
+        notes.append("this kernel has no PAGEMAP_SCAN (6.7+): the mapping size of DAX VMAs is unavailable "
+                     "statically; `--duration N` observes their PMD/PTE faults instead")
+    if not os.path.exists(f"/proc/{pid}"):
+        raise ProcessExited(f"pid {pid} exited while being read")
+    return ProcessVmas(pid, comm, source, vmas, notes)

@@ -302,8 +302,9 @@ class ProcSampler:
     """Holds the previous sample; ``sample()`` returns the deltas since the last call."""
 
     def __init__(self, proc: str = procfs.PROC, vmstat_path: str = "/proc/vmstat",
-                 thp_root: str = kernel.THP_SYSFS):
+                 thp_root: str = kernel.THP_SYSFS, pid: Optional[int] = None):
         self.proc, self.vmstat_path, self.thp_root = proc, vmstat_path, thp_root
+        self.pid = pid              # only this process (top -p), else all
         self.pmd = kernel.pmd_size()
         self.hugetlb_page = default_hugetlb_size()
         self.state: Dict[int, Tracked] = {}
@@ -312,7 +313,11 @@ class ProcSampler:
 
     def _read(self, also_read: Iterable[int] = (), baseline: bool = False):
         g = read_globals(self.vmstat_path, self.thp_root)
-        stats = scan_stats(self.proc)
+        if self.pid is None:
+            stats = scan_stats(self.proc)
+        else:
+            st = read_stat_line(self.pid, self.proc)
+            stats = {} if st is None else {st.pid: st}
         state, deltas, gone = process_deltas(self.state, stats, lambda p: read_rollup(p, self.proc),
                                              self.pmd, self.hugetlb_page, baseline, also_read)
         self.state = state
@@ -331,7 +336,8 @@ class ProcSampler:
         gd = globals_delta(self.globals, g)
         self.globals = g
         seconds, self.last = now - self.last, now
-        return Sample(time.time(), seconds, deltas, exited_residual(gd, deltas, gone), gone, gd, self.state)
+        exited = exited_residual(gd, deltas, gone) if self.pid is None else None
+        return Sample(time.time(), seconds, deltas, exited, gone, gd, self.state)
 
 
 # ----------------------------------------------------------------- per-VMA deltas (top -p)
@@ -345,6 +351,7 @@ class VmaState:
     inode: int
     huge: HugeBytes
     vmflags: frozenset
+    dev: Tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -359,11 +366,13 @@ class VmaDelta:
     huge_faults: int
     vm_sync: bool
     vmflags: frozenset
+    dev: Tuple[int, int] = (0, 0)
+    inode: int = 0
 
 
 def vma_states(blocks: List[procfs.Smaps]) -> List[VmaState]:
     return [VmaState(b.map.start, b.map.end, b.map.perms, b.map.path, b.map.inode, huge_from_counters(b.counters),
-                     b.vmflags) for b in blocks]
+                     b.vmflags, b.map.dev) for b in blocks]
 
 
 def _overlap_baseline(prev: List[VmaState], v: VmaState) -> HugeBytes:
@@ -397,7 +406,7 @@ def vma_deltas(prev: Optional[List[VmaState]], cur: List[VmaState], pmd: int, hu
         nhuge, _ = huge_gain(base, v.huge, pmd, hugetlb_page)
         small_pages = max(0, v.huge.small - base.small) // page_size
         out.append(VmaDelta(v.start, v.end, v.perms, v.path, v.huge.huge, v.huge.small, small_pages + nhuge, nhuge,
-                            "sf" in v.vmflags, v.vmflags))
+                            "sf" in v.vmflags, v.vmflags, v.dev, v.inode))
     return out
 
 

@@ -362,5 +362,7 @@ def render(checks: List[Check], console) -> None:
 def run() -> int:
     from rich.console import Console
     checks = collect()
-    render(checks, Console() if sys.stdout.isatty() else Console(width=160))
+    # a pipe gets 160 columns unless COLUMNS says otherwise (rich would pick 80)
+    wide = sys.stdout.isatty() or os.environ.get("COLUMNS")
+    render(checks, Console() if wide else Console(width=160))
     return exit_status(checks)

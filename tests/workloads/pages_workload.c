@@ -1,7 +1,7 @@
 /*
  * pages_workload: builds VMAs whose page-table shape is known, prints them, waits.
  *
- *   pages_workload [HUGETLB_MIB]
+ *   pages_workload [HUGETLB_MIB [GIGANTIC_PAGES]]
  *
  * Prints one line per region, "NAME START LENGTH" (hex start, decimal length), then
  * "ready", and sleeps until stdin closes. Regions:
@@ -12,6 +12,7 @@
  *            16 2-MiB blocks, and one in the last (partial) MiB
  *   nohuge   16 MiB, MADV_NOHUGEPAGE, every page touched
  *   hugetlb  HUGETLB_MIB MiB of MAP_HUGETLB (default page size), touched (skipped if 0)
+ *   hugetlb1g  GIGANTIC_PAGES GiB of MAP_HUGETLB|MAP_HUGE_1GB, touched (skipped if 0)
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -19,6 +20,13 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#ifndef MAP_HUGE_SHIFT
+#define MAP_HUGE_SHIFT 26
+#endif
+#ifndef MAP_HUGE_1GB
+#define MAP_HUGE_1GB (30 << MAP_HUGE_SHIFT)
+#endif
 
 #define MIB (1UL << 20)
 #define HPAGE (2 * MIB)
@@ -61,6 +69,7 @@ int main(int argc, char **argv)
 {
 	long page = sysconf(_SC_PAGESIZE);
 	size_t hugetlb_len = (argc > 1 ? strtoul(argv[1], NULL, 0) : 0) * MIB;
+	size_t gigantic_len = (argc > 2 ? strtoul(argv[2], NULL, 0) : 0) * 1024 * MIB;
 
 	char *thp = map_aligned(64 * MIB);
 	advise(thp, 64 * MIB, MADV_HUGEPAGE);
@@ -91,12 +100,23 @@ int main(int argc, char **argv)
 		touch(hugetlb, hugetlb_len, page);
 	}
 
+	char *gigantic = NULL;
+	if (gigantic_len) {
+		gigantic = mmap(NULL, gigantic_len, PROT_READ | PROT_WRITE,
+				MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_1GB, -1, 0);
+		if (gigantic == MAP_FAILED)
+			die("mmap MAP_HUGETLB|MAP_HUGE_1GB");
+		touch(gigantic, gigantic_len, page);
+	}
+
 	printf("thp %lx %zu\n", (unsigned long)thp, (size_t)(64 * MIB));
 	printf("split %lx %zu\n", (unsigned long)split, (size_t)(64 * MIB));
 	printf("sparse %lx %zu\n", (unsigned long)sparse, sparse_len);
 	printf("nohuge %lx %zu\n", (unsigned long)nohuge, (size_t)(16 * MIB));
 	if (hugetlb)
 		printf("hugetlb %lx %zu\n", (unsigned long)hugetlb, hugetlb_len);
+	if (gigantic)
+		printf("hugetlb1g %lx %zu\n", (unsigned long)gigantic, gigantic_len);
 	printf("ready\n");
 	fflush(stdout);
 

@@ -154,6 +154,25 @@ def test_unwritable_cache_is_one_line_error(layout, tmp_path):
         H.ensure_headers(**layout)
 
 
+def test_self_contained_flavour_tree_is_used_directly(layout):
+    """Ubuntu's linux-headers-<ver>-generic links every source directory into its own tree:
+    no merge needed, BCC_KERNEL_SOURCE points at it."""
+    src = layout["src_dir"]
+    base = os.path.join(src, "linux-headers-6.8.0-45")
+    flav = os.path.join(src, "linux-headers-6.8.0-45-generic")
+    write(os.path.join(base, "Makefile"), "# full kbuild Makefile\n")
+    write(os.path.join(base, "include/linux/kconfig.h"))
+    write(os.path.join(base, "arch/x86/include/asm/page.h"))
+    write(os.path.join(flav, "include/generated/autoconf.h"))
+    write(os.path.join(flav, "arch/x86/include/generated/asm/x.h"))
+    os.symlink("../linux-headers-6.8.0-45/Makefile", os.path.join(flav, "Makefile"))
+    os.symlink("../../linux-headers-6.8.0-45/include/linux", os.path.join(flav, "include/linux"))
+    h = H.ensure_headers(**layout)
+    assert (h.kind, h.path) == ("fallback", flav)
+    assert h.bcc_env() == {"BCC_KERNEL_SOURCE": flav}
+    assert not os.path.exists(layout["cache_dir"])
+
+
 def test_exact_headers_debian_split(layout):
     arch, common = debian_pair(layout["src_dir"], "6.1.0-56")
     kdir = os.path.join(layout["modules_dir"], REL)

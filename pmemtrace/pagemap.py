@@ -299,17 +299,27 @@ def _require_scan() -> int:
     return known
 
 
-VEC_LEN = 4096
+def default_vec_len() -> int:
+    """Regions per ioctl: the kernel's bounce buffer size (PAGEMAP_WALK_SIZE >> PAGE_SHIFT).
+
+    Linux 6.18 (seen here) returns a stale ``walk_end`` when, within one call, the bounce
+    buffer filled (ENOSPC, walk_end set), was flushed, and the walk then finished: walk_end
+    still names the earlier stop although regions up to the end were returned. A vector no
+    longer than the bounce buffer never fills it twice in one call.
+    """
+    return max(1, pmd_size() // PAGE_SIZE)
 
 
 def scan_regions_fd(fd: int, start: int, end: int, *, return_mask: int,
                     category_mask: int = 0, category_inverted: int = 0,
-                    category_anyof_mask: int = 0, vec_len: int = VEC_LEN) -> Iterator[Tuple[int, int, int]]:
+                    category_anyof_mask: int = 0, vec_len: Optional[int] = None) -> Iterator[Tuple[int, int, int]]:
     """Raw PAGEMAP_SCAN over [start, end) of an open pagemap fd: (start, end, categories).
 
     The kernel stops when the vector is full and says where in ``walk_end``; we go on
-    from there until the whole range is walked. Pages outside any VMA are not reported.
+    from there (or from the end of the last region returned, if that is further: see
+    default_vec_len) until the whole range is walked. Pages outside any VMA are not reported.
     """
+    vec_len = vec_len or default_vec_len()
     vec = (PageRegion * vec_len)()
     arg = PmScanArg(size=ctypes.sizeof(PmScanArg), vec=ctypes.addressof(vec),
                     category_inverted=category_inverted, category_mask=category_mask,
@@ -318,11 +328,14 @@ def scan_regions_fd(fd: int, start: int, end: int, *, return_mask: int,
     while pos < end:
         arg.start, arg.end, arg.walk_end, arg.vec_len, arg.max_pages = pos, end, 0, vec_len, 0
         n = _ioctl_scan(fd, arg)
+        resume = arg.walk_end
         if n:
-            yield from struct.iter_unpack("=QQQ", ctypes.string_at(vec, n * ctypes.sizeof(PageRegion)))
-        if arg.walk_end <= pos:          # no progress: never loop forever on a kernel surprise
+            regions = list(struct.iter_unpack("=QQQ", ctypes.string_at(vec, n * ctypes.sizeof(PageRegion))))
+            yield from regions
+            resume = max(resume, regions[-1][1])
+        if resume <= pos:                # no progress: never loop forever on a kernel surprise
             break
-        pos = arg.walk_end
+        pos = resume
 
 
 def _scan_errors(pid: int, e: OSError, start: int, end: int):

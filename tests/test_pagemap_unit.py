@@ -79,6 +79,44 @@ def test_category_bits():
     assert set(pm.CATEGORY_NAMES) == set(bits)
 
 
+class FakeKernel:
+    """PAGEMAP_SCAN over a fixed list of regions, with 6.18's stale walk_end after an
+    intermediate bounce-buffer flush (seen on this kernel), for the ioctl loop."""
+
+    def __init__(self, regions, bounce=4):
+        self.regions, self.bounce, self.calls = regions, bounce, 0
+
+    def __call__(self, fd, arg):
+        self.calls += 1
+        todo = [r for r in self.regions if r[1] > arg.start and r[0] < arg.end]
+        todo = [(max(s, arg.start), e, c) for s, e, c in todo]
+        out = todo[:arg.vec_len]
+        walk_end = 0
+        if len(todo) > arg.vec_len:
+            walk_end = todo[arg.vec_len][0]                   # the vector filled: stop there
+        elif len(out) > self.bounce:
+            walk_end = out[(len(out) - 1) // self.bounce * self.bounce][0]   # stale: an earlier flush
+        arg.walk_end = walk_end or arg.end
+        vec = (pm.PageRegion * arg.vec_len).from_address(arg.vec)
+        for i, r in enumerate(out):
+            vec[i].start, vec[i].end, vec[i].categories = r
+        return len(out)
+
+
+@pytest.mark.parametrize("vec_len", [1, 3, 4, 5, 8, 100])
+def test_scan_loop_covers_range_once(monkeypatch, vec_len):
+    regions = [(i * K4, (i + 1) * K4, 8 if i % 2 else 0) for i in range(11)]
+    fake = FakeKernel(regions)
+    monkeypatch.setattr(pm, "_ioctl_scan", fake)
+    got = list(pm.scan_regions_fd(-1, 0, 11 * K4, return_mask=0xFF, vec_len=vec_len))
+    assert got == regions
+    assert fake.calls == -(-11 // vec_len)                     # ceil: each call fills the vector
+
+
+def test_default_vec_len_is_bounce_buffer():
+    assert pm.default_vec_len() == pm.pmd_size() // pm.PAGE_SIZE
+
+
 # ---------------------------------------------------------------- merging and classification
 
 def test_merge_regions_joins_only_adjacent_equal():

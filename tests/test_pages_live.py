@@ -43,7 +43,7 @@ IS_PRESENT, IS_HUGE = 1 << 3, 1 << 6
 
 def independent_scan(pid, start, end):
     """[(start, end, present, huge)] over [start, end), adjacent equal runs merged."""
-    nvec = 1024
+    nvec = 256          # within the kernel's 512-entry bounce buffer: walk_end is exact then
     vec = ctypes.create_string_buffer(nvec * struct.calcsize(REGION_FMT))
     out = []
     fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)

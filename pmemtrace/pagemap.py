@@ -157,8 +157,14 @@ class PageRun:
     def length(self) -> int:
         return self.end - self.start
 
+    @property
+    def state(self) -> tuple:
+        """Every field but the addresses: runs with equal state merge."""
+        return (self.present, self.huge, self.page_size, self.kind, self.written, self.soft_dirty,
+                self.file, self.swapped, self.zero_pfn, self.guard)
+
     def same_state(self, other: "PageRun") -> bool:
-        return replace(self, start=0, end=0) == replace(other, start=0, end=0)
+        return self.state == other.state
 
 
 @dataclass(frozen=True)
@@ -172,7 +178,7 @@ def merge_runs(runs: Iterable[PageRun]) -> List[PageRun]:
     """Join adjacent runs of equal state (the kernel merges within one ioctl call only)."""
     out: List[PageRun] = []
     for r in runs:
-        if out and out[-1].end == r.start and out[-1].same_state(r):
+        if out and out[-1].end == r.start and out[-1].state == r.state:
             out[-1] = replace(out[-1], end=r.end)
         else:
             out.append(r)
@@ -198,28 +204,39 @@ def run_page_size(huge: bool, facts: VmaFacts) -> int:
 def classify(regions: Iterable[Tuple[int, int, int]], facts: VmaFacts = VmaFacts(),
              known: int = 0x1FF) -> List[PageRun]:
     """PAGEMAP_SCAN regions -> PageRuns. ``known``: the categories this kernel reports."""
-    runs = []
+    states = {}                       # categories -> state tuple (few distinct values)
+    out: List[Tuple[int, int, tuple]] = []
     for start, end, cat in regions:
-        present = bool(cat & PAGE_IS_PRESENT)
-        huge = bool(cat & PAGE_IS_HUGE) and present
-        if facts.kind in ("hugetlb", "dax"):
-            kind = facts.kind
-        elif present:
-            kind = ("shmem" if facts.kind == "shmem" else "file") if cat & PAGE_IS_FILE else "anon"
+        st = states.get(cat)
+        if st is None:
+            st = states[cat] = region_state(cat, facts, known)
+        if out and out[-1][1] == start and out[-1][2] == st:
+            out[-1] = (out[-1][0], end, st)
         else:
-            kind = facts.kind
-        runs.append(PageRun(
-            start=start, end=end, present=present, huge=huge,
-            page_size=run_page_size(huge, facts) if present else None,
-            kind=kind,
-            written=bool(cat & PAGE_IS_WRITTEN) if present or cat & PAGE_IS_SWAPPED else None,
-            soft_dirty=bool(cat & PAGE_IS_SOFT_DIRTY) if known & PAGE_IS_SOFT_DIRTY else None,
-            file=bool(cat & PAGE_IS_FILE) if present or cat & PAGE_IS_SWAPPED else None,
-            swapped=bool(cat & PAGE_IS_SWAPPED),
-            zero_pfn=bool(cat & PAGE_IS_PFNZERO) if present else None,
-            guard=bool(cat & PAGE_IS_GUARD) if known & PAGE_IS_GUARD else None,
-        ))
-    return merge_runs(runs)
+            out.append((start, end, st))
+    return [PageRun(s, e, *st) for s, e, st in out]
+
+
+def region_state(cat: int, facts: VmaFacts, known: int) -> tuple:
+    """PageRun.state of pages with PAGE_IS_* categories ``cat`` in a VMA with ``facts``."""
+    present = bool(cat & PAGE_IS_PRESENT)
+    huge = bool(cat & PAGE_IS_HUGE) and present
+    if facts.kind in ("hugetlb", "dax"):
+        kind = facts.kind
+    elif present:
+        kind = ("shmem" if facts.kind == "shmem" else "file") if cat & PAGE_IS_FILE else "anon"
+    else:
+        kind = facts.kind
+    mapped = present or bool(cat & PAGE_IS_SWAPPED)
+    return (present, huge,
+            run_page_size(huge, facts) if present else None,
+            kind,
+            bool(cat & PAGE_IS_WRITTEN) if mapped else None,
+            bool(cat & PAGE_IS_SOFT_DIRTY) if known & PAGE_IS_SOFT_DIRTY else None,
+            bool(cat & PAGE_IS_FILE) if mapped else None,
+            bool(cat & PAGE_IS_SWAPPED),
+            bool(cat & PAGE_IS_PFNZERO) if present else None,
+            bool(cat & PAGE_IS_GUARD) if known & PAGE_IS_GUARD else None)
 
 
 SHMEM_PATHS = ("/memfd:", "/SYSV", "/dev/zero", "[anon_shmem")

@@ -267,7 +267,8 @@ def _open_pagemap(pid: int) -> int:
         raise NotRoot(f"permission denied opening /proc/{pid}/pagemap: run as root") from None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """The pid exists and is not a zombie (a zombie has no memory left to read)."""
     st = procfs.read_stat(pid)
     return st is not None and st["state"] not in ("Z", "X", "x")
 
@@ -376,7 +377,7 @@ def scan_regions(pid: int, start: int, end: int, **masks) -> List[Tuple[int, int
         raise _scan_errors(pid, e, start, end) from None
     finally:
         os.close(fd)
-    if not _alive(pid):
+    if not process_alive(pid):
         raise _exited(pid)
     return out
 
@@ -553,7 +554,7 @@ def fallback_regions(pid: int, start: int, end: int) -> Tuple[array, dict]:
     finally:
         os.close(fd)
     entries = _words(data)
-    if len(entries) < n and not _alive(pid):
+    if len(entries) < n and not process_alive(pid):
         raise _exited(pid)
     pfns = sorted({e & PM_PFN_MASK for e in entries if e & PM_PRESENT and e & PM_PFN_MASK})
     return entries, _read_kpageflags(pfns)

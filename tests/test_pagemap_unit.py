@@ -375,3 +375,22 @@ def test_cli_bad_range_exit_code():
                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.returncode == BadRange.exit_code
     assert out.stderr.strip().startswith("pmemtrace: ") and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_collect_pid_gone_mid_read_is_process_exited(monkeypatch, smaps):
+    from pmemtrace.errors import NoSuchProcess, ProcessExited
+
+    def vanished(pid, lo, hi, facts=None):
+        raise NoSuchProcess(f"no such process: {pid}")
+
+    monkeypatch.setattr(procfs, "check_pid", lambda pid: "pw")
+    monkeypatch.setattr(procfs, "read_smaps", lambda pid: smaps)
+    monkeypatch.setattr(pm, "scan", vanished)
+    monkeypatch.setattr(pm, "scan_fallback", vanished)
+    monkeypatch.setattr(pages, "vma_dax", lambda pid, m: False)
+    with pytest.raises(ProcessExited):
+        pages.collect(1234)
+    monkeypatch.setattr(procfs, "read_smaps", lambda pid: [])
+    monkeypatch.setattr(pm, "process_alive", lambda pid: False)
+    with pytest.raises(ProcessExited):
+        pages.collect(1234)

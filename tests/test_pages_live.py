@@ -15,6 +15,7 @@ import json
 import os
 import struct
 import subprocess
+import time
 
 import pytest
 
@@ -266,3 +267,19 @@ def test_errors(workload):
     pid, _ = workload
     assert run_cli("pages", pid, "--vma", "0x1000").returncode == 11
     assert run_cli("pages", 0x7FFFFFF0).returncode == 3
+
+
+def test_zombie_is_process_exited():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        for _ in range(100):                                    # until the child is a zombie
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.01)
+        out = run_cli("pages", pid)
+        assert out.returncode == 4, out.stderr
+    finally:
+        os.waitpid(pid, 0)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .. import pagemap, procfs
-from ..errors import BadRange
+from ..errors import BadRange, NoSuchProcess, ProcessExited
 from ..pagemap import PageRun, VmaFacts
 
 # ---------------------------------------------------------------- range parsing
@@ -271,13 +271,20 @@ def collect(pid: int, range_spec: Optional[str] = None, vma_addr: Optional[str] 
     rng = parse_range(range_spec) if range_spec else None
     addr = parse_number(vma_addr) if vma_addr is not None else None
     comm = procfs.check_pid(pid)
-    targets = select_targets(procfs.read_smaps(pid), rng, addr)
+    blocks = procfs.read_smaps(pid)
+    if not blocks and not pagemap.process_alive(pid):
+        raise ProcessExited(f"pid {pid} has exited: no memory left to show")
+    targets = select_targets(blocks, rng, addr)
     source = pagemap.SOURCE_SCAN if pagemap.scan_supported() else pagemap.SOURCE_FALLBACK
     reader = pagemap.scan if source == pagemap.SOURCE_SCAN else pagemap.scan_fallback
     sections = []
     for t in targets:
         facts = pagemap.facts_from_smaps(t.block, dax=vma_dax(pid, t.block.map))
-        sections.append((t.block, t.lo, t.hi, reader(pid, t.lo, t.hi, facts)))
+        try:
+            runs = reader(pid, t.lo, t.hi, facts)
+        except NoSuchProcess:
+            raise ProcessExited(f"pid {pid} exited while being read") from None
+        sections.append((t.block, t.lo, t.hi, runs))
     return comm, source, sections
 
 

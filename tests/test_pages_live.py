@@ -2,11 +2,12 @@
 
 tests/workloads/pages_workload.c builds a fully touched MADV_HUGEPAGE region, the same
 with an mprotect of one page in the middle of a huge page (the kernel splits that PMD),
-a sparse MADV_HUGEPAGE region, a MADV_NOHUGEPAGE region and hugetlb regions (2 MiB and
-1 GiB pages, from pools this module sets and restores). `pages --json` must equal:
+a sparse MADV_HUGEPAGE region, a MADV_NOHUGEPAGE region, hugetlb regions (2 MiB and
+1 GiB pages, from pools this module sets and restores), a private file mapping with one
+page copied on write, and a memfd (shmem) mapping. `pages --json` must equal:
   - an independent PAGEMAP_SCAN reading written here (libc ioctl, struct.pack; it does
     not import pmemtrace.pagemap), run by run, byte for byte;
-  - smaps: AnonHugePages / Rss / Private_Hugetlb per VMA;
+  - smaps: AnonHugePages / Rss / Anonymous / Private_Hugetlb per VMA;
   - the sizes the workload built (what this kernel does: a THP per touched aligned
     2 MiB block, one split PMD per mprotect).
 """
@@ -162,7 +163,14 @@ EXPECTED = {
     "nohuge": (0, 16 * MIB),
     "hugetlb": (HUGETLB_MIB * MIB, 0),
     "hugetlb1g": (GIB, 0),
+    "file": None,                          # (0, its length): every page read, all PTE-mapped
+    "shmem": (0, 2 * MIB),
 }
+
+
+def expected(name, regions):
+    lo, hi = regions[name]
+    return EXPECTED[name] or (0, hi - lo)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -172,7 +180,7 @@ def test_runs_equal_independent_scan_and_expected_sizes(workload, pages_json, na
     mine = project(pages_json["runs"], lo, hi)
     theirs = independent_scan(pid, lo, hi)
     assert mine == theirs
-    assert sizes(mine) == EXPECTED[name]
+    assert sizes(mine) == expected(name, regions)
     assert mine[0][0] == lo and mine[-1][1] == hi                 # every byte accounted for
 
 
@@ -187,6 +195,9 @@ def test_runs_equal_smaps(workload, pages_json, name):
         else:
             assert huge == b.get("AnonHugePages")
             assert huge + small == b.get("Rss")
+            anon = sum(r["end"] - r["start"] for r in pages_json["runs"]
+                       if b.map.start <= r["start"] < b.map.end and r["present"] and r["kind"] == "anon")
+            assert anon == b.get("Anonymous")
 
 
 def test_page_sizes_and_kinds(workload, pages_json):
@@ -201,6 +212,10 @@ def test_page_sizes_and_kinds(workload, pages_json):
     assert {(r["page_size"], r["kind"]) for r in present("nohuge")} == {(K4, "anon")}
     assert {(r["page_size"], r["kind"]) for r in present("hugetlb")} == {(2 * MIB, "hugetlb")}
     assert {(r["page_size"], r["kind"]) for r in present("hugetlb1g")} == {(GIB, "hugetlb")}
+    lo, hi = regions["file"]
+    assert [(r["start"] - lo, r["end"] - lo, r["kind"], r["file"]) for r in present("file")] == [
+        (0, K4, "anon", False), (K4, hi - lo, "file", True)]         # the written page is a private copy
+    assert {(r["page_size"], r["kind"], r["file"]) for r in present("shmem")} == {(K4, "shmem", True)}
 
 
 def test_strips(workload, pages_json):
@@ -215,13 +230,14 @@ def test_strips(workload, pages_json):
     assert strips["sparse"] == ["H" * 16 + "." * 16 + "s"]
     assert strips["nohuge"] == ["s" * 8]
     assert strips["hugetlb1g"] == ["H" * 512]
+    assert set(strips["shmem"][0]) == {"s"}
 
 
 def test_huge_small_bytes_equals_smaps(workload):
     from pmemtrace import pagemap
     pid, regions = workload
     for name, (lo, hi) in regions.items():
-        assert pagemap.huge_small_bytes(pid, lo, hi) == EXPECTED[name], name
+        assert pagemap.huge_small_bytes(pid, lo, hi) == expected(name, regions), name
 
 
 def test_fallback_reader_agrees_where_it_knows(workload):

@@ -13,12 +13,17 @@
  *   nohuge   16 MiB, MADV_NOHUGEPAGE, every page touched
  *   hugetlb  HUGETLB_MIB MiB of MAP_HUGETLB (default page size), touched (skipped if 0)
  *   hugetlb1g  GIGANTIC_PAGES GiB of MAP_HUGETLB|MAP_HUGE_1GB, touched (skipped if 0)
+ *   file     this program's own file, MAP_PRIVATE, whole pages only: every page read,
+ *            then the first page written (a private anonymous copy replaces it)
+ *   shmem    2 MiB memfd, MAP_SHARED, every page written
  */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #ifndef MAP_HUGE_SHIFT
@@ -109,6 +114,29 @@ int main(int argc, char **argv)
 		touch(gigantic, gigantic_len, page);
 	}
 
+	int fd = open("/proc/self/exe", O_RDONLY);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st))
+		die("/proc/self/exe");
+	size_t file_len = st.st_size / page * page;
+	char *file = mmap(NULL, file_len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	if (file == MAP_FAILED)
+		die("mmap file");
+	volatile char sink = 0;
+	for (size_t off = 0; off < file_len; off += page)
+		sink += file[off];
+	file[0] = sink;
+
+	int mfd = memfd_create("pages_workload", 0);
+	if (mfd < 0 || ftruncate(mfd, 2 * MIB))
+		die("memfd");
+	char *shmem = mmap(NULL, 2 * MIB, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+	if (shmem == MAP_FAILED)
+		die("mmap memfd");
+	touch(shmem, 2 * MIB, page);
+
+	printf("file %lx %zu\n", (unsigned long)file, file_len);
+	printf("shmem %lx %zu\n", (unsigned long)shmem, (size_t)(2 * MIB));
 	printf("thp %lx %zu\n", (unsigned long)thp, (size_t)(64 * MIB));
 	printf("split %lx %zu\n", (unsigned long)split, (size_t)(64 * MIB));
 	printf("sparse %lx %zu\n", (unsigned long)sparse, sparse_len);

@@ -18,11 +18,12 @@ from a procfs.Smaps block.
 
 Page size of a run (``PageRun.page_size``, bytes; None for absent pages):
   hugetlb VMA -> the VMA's KernelPageSize from smaps (the hstate size: 2 MiB, 1 GiB ...);
-  PAGE_IS_HUGE in any other VMA -> the PMD size (hpage_pmd_size, 2 MiB on x86-64). A PUD
-  leaf (1 GiB device-DAX) is never reported by PAGEMAP_SCAN: the kernel's page walker has
-  no PUD callback for it and splits a PUD leaf before walking its PMDs, so 1G is only ever
-  reported for 1 GiB hugetlb VMAs;
+  PAGE_IS_HUGE in any other VMA -> the PMD size (hpage_pmd_size, 2 MiB on x86-64);
   otherwise the base page size.
+A PUD leaf outside hugetlb (1 GiB device-DAX) is never reported as such: PAGEMAP_SCAN (and
+the pagemap read) register no PUD callback, and mm/pagewalk.c then calls split_huge_pud()
+before walking the PMDs below, which for DAX unmaps the PUD: the range reads as absent and
+the next access faults it in again. So 1G is only reported for 1 GiB hugetlb VMAs.
 """
 import ctypes
 import errno

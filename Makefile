@@ -19,7 +19,7 @@ deps:
 	@test "$$(id -u)" = 0 || { echo "make install: run as root (sudo make install)"; exit 1; }
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	    python3-bpfcc python3-venv gcc libc6-dev make tmux
+	    python3-bpfcc python3-venv gcc libc6-dev make tmux qemu-system-x86 busybox-static cpio kmod ndctl xfsprogs e2fsprogs
 	if apt-cache show linux-headers-$(KREL) >/dev/null 2>&1; then \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-headers-$(KREL); \
 	else \

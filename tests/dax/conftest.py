@@ -1,0 +1,110 @@
+"""DAX tier (pytest -m dax): boot Debian stock kernels under QEMU TCG with emulated pmem and
+run tests/dax/guest inside them; every guest test becomes one host test per kernel.
+
+Environment:
+  PMEMTRACE_DAX_KERNELS   comma list of bookworm (6.1), backports (6.12), sid (newest), or all;
+                          default all three, or bookworm,sid under CI=true
+  PMEMTRACE_DAX_CACHE     kernel cache directory (default tests/dax/cache)
+  PMEMTRACE_DAX_REFRESH=1 re-resolve the suites' current kernels now (else weekly)
+  PMEMTRACE_DAX_TIMEOUT   seconds one guest may run before it is killed (default 900)
+  PMEMTRACE_DAX_GUEST_ARGS extra pytest arguments for the in-guest run (e.g. "-k ext4")
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from daxharness import kernels, vm  # noqa: E402
+
+# the kernel cache holds whole header trees (with Python scripts): never collect there
+collect_ignore = ["cache", "out"]
+
+HOST_TOOLS = ["qemu-system-x86_64", "cpio", "modprobe", "depmod", "dpkg", "apt-get", "ndctl",
+              "mkfs.xfs", "mkfs.ext4", "xfs_io", "gcc"]
+_runs = {}
+
+
+def _dax_may_run(config):
+    expr = config.getoption("markexpr", "") or ""
+    return not expr or ("dax" in expr and "not dax" not in expr)
+
+
+def guest_test_ids(config):
+    """Node ids (relative to tests/dax/guest/) of the in-guest tests, collected on the host."""
+    if not _dax_may_run(config):
+        return ["(dax tier not selected)"]
+    env = dict(os.environ, PMEMTRACE_IN_GUEST="1")
+    p = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                        "-o", "addopts=", str(HERE / "guest")], capture_output=True, text=True,
+                       cwd=vm.CHECKOUT, env=env)
+    ids = [ln.split("tests/dax/guest/", 1)[1] for ln in p.stdout.splitlines()
+           if ln.startswith("tests/dax/guest/") and "::" in ln]
+    if not ids:
+        return [f"(collection of tests/dax/guest failed: {p.stdout[-300:]} {p.stderr[-300:]})"]
+    return ids
+
+
+def pytest_generate_tests(metafunc):
+    if "dax_kernel" not in metafunc.fixturenames:
+        return
+    names = kernels.selected_kernels()
+    if "guest_test" in metafunc.fixturenames:
+        ids = guest_test_ids(metafunc.config)
+        metafunc.parametrize(["dax_kernel", "guest_test"], [(k, t) for k in names for t in ids],
+                             ids=[f"{k}:{t}" for k in names for t in ids])
+    else:
+        metafunc.parametrize("dax_kernel", names)
+
+
+def _require_host_tools():
+    missing = [t for t in HOST_TOOLS if not shutil.which(t)]
+    if missing:
+        msg = f"DAX tier needs {missing} on the host (sudo make deps installs them)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+
+
+def _out_dir(name):
+    return kernels.cache_dir().parent / "out" / name if "PMEMTRACE_DAX_CACHE" not in os.environ \
+        else kernels.cache_dir() / "out" / name
+
+
+@pytest.fixture
+def guest_run(dax_kernel):
+    """The (one per kernel per session) GuestRun: fetch kernel, build initramfs, boot, run guest tests."""
+    if dax_kernel not in _runs:
+        _require_host_tools()
+        try:
+            k = kernels.fetch(dax_kernel)
+        except kernels.FetchError as e:
+            _runs[dax_kernel] = e
+        else:
+            _runs[dax_kernel] = vm.run(k, _out_dir(dax_kernel),
+                                       guest_pytest_args=os.environ.get("PMEMTRACE_DAX_GUEST_ARGS", ""))
+    r = _runs[dax_kernel]
+    if isinstance(r, Exception):
+        pytest.fail(f"{dax_kernel}: kernel fetch failed: {r}", pytrace=False)
+    return r
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _runs:
+        return
+    tr = terminalreporter
+    tr.section("DAX guests")
+    for name, r in _runs.items():
+        if isinstance(r, Exception):
+            tr.line(f"{name}: fetch failed: {str(r).splitlines()[0]}")
+            continue
+        n = len(r.results)
+        passed = sum(1 for v in r.results.values() if v["outcome"] == "passed")
+        tr.line(f"{name} {r.kernel.abi}: fetch {r.kernel.fetch_seconds:.0f}s, guest {r.wall_seconds:.0f}s "
+                f"(qemu rc={r.rc}{', TIMED OUT' if r.timed_out else ''}), {passed}/{n} guest tests passed; "
+                f"logs {r.out}")

@@ -412,22 +412,40 @@ def huge_small_bytes(pid: int, start: int, end: int, count_zero_page: bool = Fal
 
     One ioctl loop; only present pages are returned and only PRESENT|HUGE is kept, so the
     kernel merges a fully THP-backed range into one region. The shared zero page (small, or
-    the huge zero page where the kernel flags it PFNZERO) is left out unless asked for, so the
-    sum matches smaps' Rss for anonymous memory.
+    the huge zero page, which 6.18 flags PFNZERO) is left out unless asked for, so the sum
+    matches smaps' Rss.
     """
+    return huge_small_many(pid, [(start, end)], count_zero_page)[0]
+
+
+def huge_small_many(pid: int, ranges: Sequence[Tuple[int, int]],
+                    count_zero_page: bool = False) -> List[Tuple[int, int]]:
+    """huge_small_bytes for each (start, end) in ``ranges`` (e.g. every VMA), one pagemap fd."""
     known = _require_scan()
     mask, inverted = PAGE_IS_PRESENT, 0
     if not count_zero_page:
         mask |= PAGE_IS_PFNZERO
         inverted = PAGE_IS_PFNZERO
-    huge = small = 0
-    for s, e, cat in scan_regions(pid, start, end, category_mask=mask, category_inverted=inverted,
-                                  return_mask=(PAGE_IS_PRESENT | PAGE_IS_HUGE) & known):
-        if cat & PAGE_IS_HUGE:
-            huge += e - s
-        else:
-            small += e - s
-    return huge, small
+    out = []
+    fd = _open_pagemap(pid)
+    try:
+        for start, end in ranges:
+            huge = small = 0
+            try:
+                for s, e, cat in scan_regions_fd(fd, start, end, category_mask=mask, category_inverted=inverted,
+                                                 return_mask=(PAGE_IS_PRESENT | PAGE_IS_HUGE) & known):
+                    if cat & PAGE_IS_HUGE:
+                        huge += e - s
+                    else:
+                        small += e - s
+            except OSError as e:
+                raise _scan_errors(pid, e, start, end) from None
+            out.append((huge, small))
+    finally:
+        os.close(fd)
+    if not process_alive(pid):
+        raise _exited(pid)
+    return out
 
 
 # ---------------------------------------------------------------- pagemap + kpageflags

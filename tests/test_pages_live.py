@@ -299,3 +299,16 @@ def test_zombie_is_process_exited():
         assert out.returncode == 4, out.stderr
     finally:
         os.waitpid(pid, 0)
+
+
+def test_huge_small_many_equals_smaps_for_every_vma(workload):
+    from pmemtrace import pagemap
+    pid, _ = workload
+    blocks = [b for b in procfs.read_smaps(pid) if b.map.path != "[vsyscall]"]
+    got = pagemap.huge_small_many(pid, [(b.map.start, b.map.end) for b in blocks])
+    for b, (huge, small) in zip(blocks, got):
+        if "ht" in b.vmflags:
+            assert (huge, small) == (b.get("Private_Hugetlb") + b.get("Shared_Hugetlb"), 0), b.map
+        else:
+            assert huge == b.get("AnonHugePages") + b.get("ShmemPmdMapped") + b.get("FilePmdMapped"), b.map
+            assert huge + small == b.get("Rss"), b.map

@@ -579,19 +579,33 @@ def fallback_regions(pid: int, start: int, end: int) -> Tuple[array, dict]:
     return entries, _read_kpageflags(pfns)
 
 
-def scan_fallback(pid: int, start: int, end: int, facts: Optional[VmaFacts] = None) -> List[PageRun]:
-    """Merged runs of [start, end) from /proc/PID/pagemap + /proc/kpageflags (one pread per VMA).
+FALLBACK_CHUNK = 4 << 30     # address space per pread: 8 MiB of pagemap words with 4K pages
 
-    Pages outside VMAs are skipped, as PAGEMAP_SCAN does.
+
+def fallback_range(pid: int, start: int, end: int, facts: VmaFacts,
+                   chunk: int = FALLBACK_CHUNK) -> List[PageRun]:
+    """Runs of [start, end) inside one VMA: one pread of pagemap per ``chunk`` of address
+    space (so a terabyte VMA does not need gigabytes of buffer), kpageflags for its PFNs."""
+    runs: List[PageRun] = []
+    for lo in range(start, end, chunk):
+        hi = min(end, lo + chunk)
+        entries, kflags = fallback_regions(pid, lo, hi)
+        runs += fallback_classify(lo, entries, kflags, facts)
+    return merge_runs(runs)
+
+
+def scan_fallback(pid: int, start: int, end: int, facts: Optional[VmaFacts] = None) -> List[PageRun]:
+    """Merged runs of [start, end) from /proc/PID/pagemap + /proc/kpageflags.
+
+    With ``facts`` the range is taken as one VMA's; without, each VMA overlapping it is read
+    with facts_from_smaps. Pages outside VMAs are skipped, as PAGEMAP_SCAN does.
     """
     if facts is not None:
-        entries, kflags = fallback_regions(pid, start, end)
-        return fallback_classify(start, entries, kflags, facts)
+        return fallback_range(pid, start, end, facts)
     runs: List[PageRun] = []
     for b in _vmas_in(pid, start, end):
         lo, hi = max(start, b.map.start), min(end, b.map.end)
-        entries, kflags = fallback_regions(pid, lo, hi)
-        runs += fallback_classify(lo, entries, kflags, facts_from_smaps(b))
+        runs += fallback_range(pid, lo, hi, facts_from_smaps(b))
     return runs
 
 

@@ -334,14 +334,14 @@ def test_to_json_shape(smaps, captured):
     reg = captured["regions"]
     b = block_at(smaps, reg["thp"]["start"])
     runs = pm.classify(runs_in(captured["scan"], b.map.start, b.map.end), pm.facts_from_smaps(b))
-    doc = pages.to_json(42, pm.SOURCE_SCAN, [(b, b.map.start, b.map.end, runs)])
+    doc = pages.to_json(42, pm.SOURCE_SCAN, [pages.Section(b, b.map.start, b.map.end, pm.facts_from_smaps(b), runs)])
     assert set(doc) >= {"pid", "source", "runs"}
     assert doc["pid"] == 42 and doc["source"] == "PAGEMAP_SCAN"
     r = doc["runs"][0]
     assert {"start", "end", "present", "page_size", "huge", "kind"} <= set(r)
     assert isinstance(r["start"], int) and isinstance(r["end"], int) and isinstance(r["page_size"], int)
     assert (r["end"] - r["start"], r["huge"], r["page_size"], r["kind"]) == (64 * MIB, True, 2 * MIB, "anon")
-    assert doc["vmas"][0]["strip"] == "H" * 32
+    assert doc["vmas"][0]["strip"] == "H" * 32 and doc["vmas"][0]["kind"] == "anon"
     json.dumps(doc)
 
 
@@ -354,7 +354,7 @@ def test_render_hostile_path_as_text():
     runs = [run(m.start, m.start + 2 * MIB, huge=True, page_size=2 * MIB, kind="file"),
             run(m.start + 2 * MIB, m.end, present=False, kind="file")]
     console = Console(record=True, width=160, force_terminal=True)
-    pages.render(console, 1, "bad[b]comm\x07", pm.SOURCE_SCAN, [(b, m.start, m.end, runs)])
+    pages.render(console, 1, "bad[b]comm\x07", pm.SOURCE_SCAN, [pages.Section(b, m.start, m.end, VmaFacts("file"), runs)])
     text = console.export_text(styles=False)
     assert "[red]x[/red]" in text
     assert "\\x1b[2J" in text and "\x1b" not in text

@@ -312,3 +312,15 @@ def test_huge_small_many_equals_smaps_for_every_vma(workload):
         else:
             assert huge == b.get("AnonHugePages") + b.get("ShmemPmdMapped") + b.get("FilePmdMapped"), b.map
             assert huge + small == b.get("Rss"), b.map
+
+
+def test_fallback_chunks_join_seamlessly(workload):
+    """Reading pagemap in 1 MiB chunks gives the same runs as one read per VMA."""
+    from pmemtrace import pagemap
+    pid, regions = workload
+    for name in ("thp", "split", "sparse", "hugetlb"):
+        lo, hi = regions[name]
+        for b in smaps_in(pid, lo, hi):
+            facts = pagemap.facts_from_smaps(b)
+            s, e = max(lo, b.map.start), min(hi, b.map.end)
+            assert pagemap.fallback_range(pid, s, e, facts, chunk=MIB) == pagemap.fallback_range(pid, s, e, facts)

@@ -62,6 +62,16 @@ class Target:
     hi: int
 
 
+@dataclass(frozen=True)
+class Section:
+    """What is shown for one VMA: the scanned part [lo, hi), its facts and its runs."""
+    block: procfs.Smaps
+    lo: int
+    hi: int
+    facts: VmaFacts
+    runs: Sequence[PageRun]
+
+
 def select_targets(blocks: Sequence[procfs.Smaps], rng: Optional[Tuple[int, int]] = None,
                    vma_addr: Optional[int] = None) -> List[Target]:
     """VMAs to show, clipped to the range; BadRange when nothing is selected."""
@@ -217,21 +227,23 @@ def run_dict(r: PageRun) -> dict:
             "zero_pfn": r.zero_pfn, "guard": r.guard}
 
 
-def to_json(pid: int, source: str, sections: Sequence[Tuple[procfs.Smaps, int, int, Sequence[PageRun]]]) -> dict:
-    """{"pid", "source", "runs": [...], "vmas": [...]}: addresses and sizes as integers."""
+def to_json(pid: int, source: str, sections: Sequence[Section]) -> dict:
+    """{"pid", "source", "block_size", "runs": [...], "vmas": [...]}: addresses and sizes as
+    integers; each run names its VMA by "vma_start"; a VMA's "strip" uses STRIP_LEGEND."""
     runs, vmas = [], []
-    for block, lo, hi, vruns in sections:
-        m = block.map
+    for sec in sections:
+        m = sec.block.map
         vmas.append({"start": m.start, "end": m.end, "perms": m.perms, "path": m.path,
-                     "scanned_start": lo, "scanned_end": hi, "strip": strip(vruns, lo, hi)})
-        runs += [dict(run_dict(r), vma_start=m.start) for r in vruns]
+                     "kind": sec.facts.kind, "hugetlb_page_size": sec.facts.hugetlb_page_size or None,
+                     "scanned_start": sec.lo, "scanned_end": sec.hi, "strip": strip(sec.runs, sec.lo, sec.hi)})
+        runs += [dict(run_dict(r), vma_start=m.start) for r in sec.runs]
     return {"pid": pid, "source": source, "block_size": pagemap.pmd_size(), "runs": runs, "vmas": vmas}
 
 
 # ---------------------------------------------------------------- rich rendering
 
 def render(console, pid: int, comm: str, source: str,
-           sections: Sequence[Tuple[procfs.Smaps, int, int, Sequence[PageRun]]]) -> None:
+           sections: Sequence[Section]) -> None:
     from rich import box
     from rich.markup import escape
     from rich.table import Table
@@ -241,10 +253,10 @@ def render(console, pid: int, comm: str, source: str,
                        f"strip: one character per {human(pagemap.pmd_size())}", style="bold"))
     legend = "  ".join(f"{ch} {name}" for ch, name in STRIP_LEGEND)
     console.print(Text(f"legend: {legend}"))
-    for block, lo, hi, runs in sections:
-        m = block.map
+    for sec in sections:
+        m, lo, hi, runs = sec.block.map, sec.lo, sec.hi, sec.runs
         console.print()
-        head = Text(f"{m.start:#x}-{m.end:#x} {m.perms} {human(m.size)}", style="bold cyan")
+        head = Text(f"{m.start:#x}-{m.end:#x} {m.perms} {human(m.size)} {sec.facts.kind}", style="bold cyan")
         if m.path:
             head.append(" " + printable(m.path))
         if (lo, hi) != (m.start, m.end):
@@ -267,7 +279,7 @@ def render(console, pid: int, comm: str, source: str,
 # ---------------------------------------------------------------- command
 
 def collect(pid: int, range_spec: Optional[str] = None, vma_addr: Optional[str] = None):
-    """(comm, source, sections) for the command; sections are (smaps block, lo, hi, runs)."""
+    """(comm, source, [Section]) for the command."""
     rng = parse_range(range_spec) if range_spec else None
     addr = parse_number(vma_addr) if vma_addr is not None else None
     comm = procfs.check_pid(pid)
@@ -284,7 +296,7 @@ def collect(pid: int, range_spec: Optional[str] = None, vma_addr: Optional[str] 
             runs = reader(pid, t.lo, t.hi, facts)
         except NoSuchProcess:
             raise ProcessExited(f"pid {pid} exited while being read") from None
-        sections.append((t.block, t.lo, t.hi, runs))
+        sections.append(Section(t.block, t.lo, t.hi, facts, runs))
     return comm, source, sections
 
 

@@ -394,3 +394,16 @@ def test_collect_pid_gone_mid_read_is_process_exited(monkeypatch, smaps):
     monkeypatch.setattr(pm, "process_alive", lambda pid: False)
     with pytest.raises(ProcessExited):
         pages.collect(1234)
+
+
+def test_run_table_aligned():
+    runs = [run(0x7f0000000000, 0x7f0000200000, huge=True, page_size=2 * MIB),
+            run(0x7f0000200000, 0x7f0000201000),
+            run(0x7f0000201000, 0x7f0000400000, present=False)]
+    lines = pages.run_table(runs)
+    assert lines[0].split() == ["start", "end", "length", "present", "page", "size", "kind", "written", "soft-dirty"]
+    assert lines[1].split() == ["0x7f0000000000", "0x7f0000200000", "2M", "yes", "2M", "anon", "yes", "no"]
+    assert lines[3].split() == ["0x7f0000201000", "0x7f0000400000", "2044K", "no", "-", "anon", "-", "no"]
+    col = lines[0].index("kind")
+    assert all(line[col:col + 4] == "anon" for line in lines[1:])
+    assert len({line.index(" 2M") + 3 for line in lines[1:2]} | {lines[0].index("length") + 6}) == 1

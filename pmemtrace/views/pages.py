@@ -240,13 +240,33 @@ def to_json(pid: int, source: str, sections: Sequence[Section]) -> dict:
     return {"pid": pid, "source": source, "block_size": pagemap.pmd_size(), "runs": runs, "vmas": vmas}
 
 
+# ---------------------------------------------------------------- runs table
+
+RUN_COLUMNS = (("start", "<"), ("end", "<"), ("length", ">"), ("present", "<"), ("page size", ">"),
+               ("kind", "<"), ("written", "<"), ("soft-dirty", "<"))
+
+
+def run_cells(r: PageRun) -> Tuple[str, ...]:
+    return (f"{r.start:#x}", f"{r.end:#x}", human(r.length), yes_no(r.present),
+            human(r.page_size) if r.present else "-", r.kind,
+            yes_no(r.written) if r.present or r.swapped else "-", yes_no(r.soft_dirty))
+
+
+def run_table(runs: Sequence[PageRun]) -> List[str]:
+    """Header and one aligned line per run (plain text: a rich Table is ~50x slower on
+    thousands of runs, and this reads the same in a pipe)."""
+    rows = [run_cells(r) for r in runs]
+    widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, (name, _) in enumerate(RUN_COLUMNS)]
+
+    def line(cells):
+        return "  ".join(f"{c:{a}{w}}" for c, (_, a), w in zip(cells, RUN_COLUMNS, widths)).rstrip()
+    return [line([name for name, _ in RUN_COLUMNS])] + [line(row) for row in rows]
+
+
 # ---------------------------------------------------------------- rich rendering
 
 def render(console, pid: int, comm: str, source: str,
            sections: Sequence[Section]) -> None:
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
     from rich.text import Text
 
     console.print(Text(f"pid {pid} ({printable(comm)})  source: {source}  "
@@ -264,16 +284,9 @@ def render(console, pid: int, comm: str, source: str,
         console.print(head)
         for addr, line in strip_lines(runs, lo, hi):
             console.print(Text(f"  {addr:#014x} {line}"))
-        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        for col, just in (("start", "left"), ("end", "left"), ("length", "right"), ("present", "left"),
-                          ("page size", "right"), ("kind", "left"), ("written", "left"),
-                          ("soft-dirty", "left")):
-            table.add_column(col, justify=just, no_wrap=True)
-        for r in runs:
-            table.add_row(f"{r.start:#x}", f"{r.end:#x}", human(r.length), yes_no(r.present),
-                          human(r.page_size) if r.present else "-", escape(r.kind),
-                          yes_no(r.written) if r.present or r.swapped else "-", yes_no(r.soft_dirty))
-        console.print(table)
+        lines = run_table(runs)
+        console.print(Text(lines[0], style="bold"), soft_wrap=True)
+        console.print(Text("\n".join(lines[1:])), soft_wrap=True)
 
 
 # ---------------------------------------------------------------- command

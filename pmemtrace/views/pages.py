@@ -90,12 +90,9 @@ def select_targets(blocks: Sequence[procfs.Smaps], rng: Optional[Tuple[int, int]
 
 
 def vma_dax(pid: int, m: procfs.MapEntry) -> bool:
-    """Is this mapping DAX? Shared classification where the tree has it, else device-DAX by path."""
-    try:
-        from ..sampler import vma_dax as dax_of     # statx STATX_ATTR_DAX / dax char device
-    except ImportError:
-        return m.path.startswith("/dev/dax")
-    return dax_of(pid, m) != "none"
+    """Is this mapping DAX (fsdax by statx, or a device-dax character device)? Shared with report."""
+    from ..vmas import file_facts
+    return file_facts(pid, m).dax != "none"
 
 
 # ---------------------------------------------------------------- map strip

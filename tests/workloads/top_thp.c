@@ -4,6 +4,7 @@
  *
  *   top_thp HOLD_SECONDS   hold that long, then exit (0: exit at once)
  *   top_thp -              hold until stdin reaches EOF
+ *   top_thp HOLD gate      map first, print "mapped", wait for a line on stdin, then touch
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -58,6 +59,13 @@ int main(int argc, char **argv)
 	if (madvise(small, 16 * MIB, MADV_NOHUGEPAGE)) {
 		perror("madvise(MADV_NOHUGEPAGE)");
 		return 1;
+	}
+	if (argc > 2 && strcmp(argv[2], "gate") == 0) {
+		char line[64];
+		printf("mapped\n");
+		fflush(stdout);
+		if (!fgets(line, sizeof(line), stdin))
+			return 1;
 	}
 	touch(thp, 64 * MIB);
 	touch(small, 16 * MIB);

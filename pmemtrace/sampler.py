@@ -429,50 +429,15 @@ class VmaSampler:
 
 
 # ----------------------------------------------------------------- DAX / VM_SYNC VMA counts
-# Minimal, until pmemtrace.vmas offers the shared classification.
-
-STATX_ATTR_DAX = 0x00200000
-AT_FDCWD = -100
-_libc = None
-
-
-def file_is_fsdax(path: str) -> bool:
-    """statx(2) STATX_ATTR_DAX of the file at path (a /proc/PID/map_files entry)."""
-    global _libc
-    import ctypes
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if not hasattr(_libc, "statx"):
-        return False
-    buf = ctypes.create_string_buffer(256)
-    if _libc.statx(AT_FDCWD, os.fsencode(path), 0, 0x7ff, buf) != 0:
-        return False
-    mask = int.from_bytes(buf.raw[24:32], "little")        # stx_attributes_mask
-    attrs = int.from_bytes(buf.raw[8:16], "little")        # stx_attributes
-    return bool(mask & attrs & STATX_ATTR_DAX)
-
-
-def char_dev_is_dax(rdev: int, sys_dev: str = "/sys/dev/char") -> bool:
-    link = f"{sys_dev}/{os.major(rdev)}:{os.minor(rdev)}/subsystem"
-    try:
-        return os.path.basename(os.readlink(link)) == "dax"
-    except OSError:
-        return False
-
 
 def vma_dax(pid: int, m: procfs.MapEntry) -> str:
-    """'fsdax', 'devdax' or 'none' for one mapping of pid."""
-    if not m.inode:
-        return "none"
-    path = procfs.map_file_path(pid, m)
+    """'fsdax', 'devdax' or 'none' for one mapping of pid (pmemtrace.vmas decides)."""
+    from . import vmas
+    from .errors import PmemtraceError
     try:
-        st = os.stat(path)
-    except OSError:
+        return vmas.file_facts(pid, m).dax
+    except PmemtraceError:
         return "none"
-    import stat as statmod
-    if statmod.S_ISCHR(st.st_mode):
-        return "devdax" if char_dev_is_dax(st.st_rdev) else "none"
-    return "fsdax" if file_is_fsdax(path) else "none"
 
 
 @dataclass(frozen=True)

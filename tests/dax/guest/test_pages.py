@@ -1,0 +1,109 @@
+"""`pmemtrace pages` in the guest, on real fs-dax (ext4, xfs) and device-dax mappings.
+
+Truth: a 2 MiB-aligned DAX mapping on 2 MiB-aligned storage, fully written, is mapped by
+PMD leaves (the fs_dax tracepoints in test_dax_kernel.py show NOPAGE/NEEDDSYNC PMD
+faults), so PAGEMAP_SCAN (6.7+) reports 2M runs; a mapping whose address is 4 KiB off
+a 2 MiB boundary cannot use a PMD (every PMD fault falls back), so it is 4K runs. On
+kernels without PAGEMAP_SCAN `pages` reads pagemap+kpageflags and must say the mapping
+size of DAX pages is unknown (null), never guess it.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from guestlib import parse_kv
+
+MiB = 1 << 20
+K4 = 4096
+CHECKOUT = Path(__file__).resolve().parents[3]
+
+
+class Held:
+    """dax_map ... hold: mapped, every page written, kept alive until closed."""
+
+    def __init__(self, exe, *args):
+        self.p = subprocess.Popen([exe, *map(str, args), "hold"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines = {}
+        while "TOUCHED" not in self.lines:
+            ln = self.p.stdout.readline()
+            if not ln:
+                raise AssertionError(f"dax_map {args} ended early: rc={self.p.wait()} {self.lines} "
+                                     f"{self.p.stderr.read()}")
+            self.lines[ln.split()[0]] = ln.strip()
+        m = parse_kv(self.lines["MAPPED"])
+        self.addr, self.len = int(m["addr"], 16), int(m["len"])
+
+    @property
+    def pid(self):
+        return self.p.pid
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.p.stdin.close()
+        self.p.wait(timeout=60)
+
+
+def pages_json(pid, addr):
+    env = dict(os.environ, PYTHONPATH=str(CHECKOUT))
+    p = subprocess.run([sys.executable, "-m", "pmemtrace", "pages", str(pid), "--vma", hex(addr), "--json"],
+                       capture_output=True, text=True, cwd=CHECKOUT, env=env, timeout=300)
+    assert p.returncode == 0, f"rc={p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
+    return json.loads(p.stdout)
+
+
+def shape(doc):
+    """{(present, huge, page_size, kind)} of the runs, and the bytes they cover."""
+    return ({(r["present"], r["huge"], r["page_size"], r["kind"]) for r in doc["runs"]},
+            sum(r["end"] - r["start"] for r in doc["runs"]))
+
+
+def expect(kernel_version, huge):
+    """The run shape of a fully written DAX mapping on this kernel."""
+    if kernel_version >= (6, 7):
+        return "PAGEMAP_SCAN", {(True, True, 2 * MiB, "dax")} if huge else {(True, False, K4, "dax")}
+    return "pagemap+kpageflags", {(True, None, None, "dax")}
+
+
+def test_pages_fsdax_aligned_is_2m(daxfs, dax_map, kernel_version):
+    fs, dev, mnt = daxfs
+    path = f"{mnt}/pages-aligned.dat"
+    with Held(dax_map, path, 64) as w:
+        doc = pages_json(w.pid, w.addr)
+    os.unlink(path)
+    source, runs = expect(kernel_version, huge=True)
+    assert doc["source"] == source
+    assert shape(doc) == (runs, 64 * MiB)
+    assert doc["vmas"][0]["kind"] == "dax"
+    if source == "PAGEMAP_SCAN":
+        assert doc["vmas"][0]["strip"] == "H" * 32
+    else:
+        assert doc["vmas"][0]["strip"] == "?" * 32
+
+
+def test_pages_fsdax_misaligned_is_4k(daxfs, dax_map, kernel_version):
+    fs, dev, mnt = daxfs
+    path = f"{mnt}/pages-misaligned.dat"
+    with Held(dax_map, path, 16, "misaligned") as w:
+        assert w.addr % (2 * MiB) == K4
+        doc = pages_json(w.pid, w.addr)
+    os.unlink(path)
+    source, runs = expect(kernel_version, huge=False)
+    assert doc["source"] == source
+    assert shape(doc) == (runs, 16 * MiB)
+    if source == "PAGEMAP_SCAN":
+        assert set(doc["vmas"][0]["strip"]) == {"s"}
+
+
+def test_pages_devdax_is_2m(devdax, dax_map, kernel_version):
+    with Held(dax_map, devdax, 64) as w:
+        doc = pages_json(w.pid, w.addr)
+    source, runs = expect(kernel_version, huge=True)
+    assert doc["source"] == source
+    assert shape(doc) == (runs, 64 * MiB)

@@ -16,11 +16,11 @@ import json
 import os
 import struct
 import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import run_cli
 from pmemtrace import procfs
 
 pytestmark = pytest.mark.live
@@ -31,6 +31,19 @@ K4 = 4096
 HUGETLB_MIB = 4
 HUGE_2M_POOL = "/proc/sys/vm/nr_hugepages"
 HUGE_1G_POOL = "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages"
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, check=False):
+    """`python -m pmemtrace ARGS` from the checkout. (Not imported from tests/conftest.py:
+    with tests/dax/guest/conftest.py in the same run, `import conftest` may find that one.)"""
+    p = subprocess.run([sys.executable, "-m", "pmemtrace", *map(str, args)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"pmemtrace {args} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+    return p
 
 
 # ---------------------------------------------------------------- independent PAGEMAP_SCAN

@@ -305,12 +305,40 @@ def supported_categories() -> int:
         os.close(fd)
 
 
+@lru_cache(maxsize=1)
+def soft_dirty_tracked() -> bool:
+    """Does this kernel track soft-dirty (CONFIG_MEM_SOFT_DIRTY)? A page we just wrote is
+    soft-dirty then (pagemap bit 55); without the option the bit, and PAGE_IS_SOFT_DIRTY,
+    are always 0 and mean nothing."""
+    import mmap
+    m = mmap.mmap(-1, PAGE_SIZE)
+    try:
+        m[0:1] = b"x"
+        cell = ctypes.c_char.from_buffer(m)
+        addr = ctypes.addressof(cell)
+        del cell
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            (entry,) = struct.unpack("=Q", os.pread(fd, 8, addr // PAGE_SIZE * 8))
+        finally:
+            os.close(fd)
+        return bool(entry & PM_PRESENT and entry & PM_SOFT_DIRTY)
+    except OSError:
+        return False
+    finally:
+        m.close()
+
+
 def scan_supported() -> bool:
     return supported_categories() != 0
 
 
 def _require_scan() -> int:
+    """The categories worth reporting here: what PAGEMAP_SCAN accepts, minus soft-dirty
+    when the kernel does not track it."""
     known = supported_categories()
+    if known and not soft_dirty_tracked():
+        known &= ~PAGE_IS_SOFT_DIRTY
     if not known:
         raise KernelFeatureMissing(
             f"PAGEMAP_SCAN is missing (Linux 6.7+; this is {platform.release()}): "
@@ -495,7 +523,8 @@ def _read_kpageflags(pfns: Sequence[int]) -> dict:
     return flags
 
 
-def fallback_page_state(entry: int, kflags: Optional[int], facts: VmaFacts) -> tuple:
+def fallback_page_state(entry: int, kflags: Optional[int], facts: VmaFacts,
+                        soft_dirty_known: bool = True) -> tuple:
     """(present, huge, page_size, kind, written, soft_dirty, file, swapped, zero_pfn) of one page."""
     present = bool(entry & PM_PRESENT)
     swapped = bool(entry & PM_SWAP)
@@ -526,10 +555,12 @@ def fallback_page_state(entry: int, kflags: Optional[int], facts: VmaFacts) -> t
             file = False                          # PAGEMAP_SCAN does not: follow PAGEMAP_SCAN
             kind = facts.kind if facts.kind in ("hugetlb", "dax") else "anon"
     written = (not entry & PM_UFFD_WP) if present or swapped else None
-    return (present, huge, size, kind, written, bool(entry & PM_SOFT_DIRTY), file, swapped, zero)
+    soft = bool(entry & PM_SOFT_DIRTY) if soft_dirty_known else None
+    return (present, huge, size, kind, written, soft, file, swapped, zero)
 
 
-def fallback_classify(start: int, entries: Sequence[int], kflags: dict, facts: VmaFacts) -> List[PageRun]:
+def fallback_classify(start: int, entries: Sequence[int], kflags: dict, facts: VmaFacts,
+                      soft_dirty_known: bool = True) -> List[PageRun]:
     """Per-page pagemap words (+ kpageflags by PFN) -> merged PageRuns."""
     runs: List[PageRun] = []
     cur_state, cur_start = None, start
@@ -541,7 +572,7 @@ def fallback_classify(start: int, entries: Sequence[int], kflags: dict, facts: V
         key = (entry & (PM_PRESENT | PM_SWAP | PM_FILE | PM_SOFT_DIRTY | PM_UFFD_WP), kf)
         state = cache.get(key)
         if state is None:
-            state = cache[key] = fallback_page_state(entry, kf, facts)
+            state = cache[key] = fallback_page_state(entry, kf, facts, soft_dirty_known)
         if state != cur_state:
             if cur_state is not None:
                 runs.append(_run_from_state(cur_start, addr, cur_state))
@@ -590,7 +621,7 @@ def fallback_range(pid: int, start: int, end: int, facts: VmaFacts,
     for lo in range(start, end, chunk):
         hi = min(end, lo + chunk)
         entries, kflags = fallback_regions(pid, lo, hi)
-        runs += fallback_classify(lo, entries, kflags, facts)
+        runs += fallback_classify(lo, entries, kflags, facts, soft_dirty_tracked())
     return merge_runs(runs)
 
 

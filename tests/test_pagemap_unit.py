@@ -232,6 +232,8 @@ def test_fallback_page_state():
     assert absent == (False, False, None, "anon", None, True, None, False, None)
     wp = pm.fallback_page_state(small | pm.PM_UFFD_WP, 0, f)
     assert wp[4] is False
+    # a kernel without CONFIG_MEM_SOFT_DIRTY: bit 55 means nothing, say unknown
+    assert pm.fallback_page_state(small | pm.PM_SOFT_DIRTY, 0, f, soft_dirty_known=False)[5] is None
 
 
 def test_fallback_classify_captured(captured):

@@ -259,7 +259,11 @@ def process_deltas(prev: Dict[int, Tracked], stats: Dict[int, StatLine],
             is_new = False
         moved = st.faults != old.faults or pid in also or is_new
         huge = old.huge
-        if moved:
+        # Nothing can be PMD-mapped in less resident memory than one PMD: skip the read
+        # (hugetlb pages are not in RSS: a process with only hugetlb would be read anyway
+        # once its small RSS grows; see the docs).
+        tiny = st.rss_pages * kernel.PAGE_SIZE < pmd and old.huge.huge == 0 and pid not in also
+        if moved and not tiny:
             got = read_huge(pid)
             if got is not None:
                 huge = got
@@ -305,6 +309,7 @@ class ProcSampler:
                  thp_root: str = kernel.THP_SYSFS, pid: Optional[int] = None):
         self.proc, self.vmstat_path, self.thp_root = proc, vmstat_path, thp_root
         self.pid = pid              # only this process (top -p), else all
+        self.tick: Optional[Callable[[], None]] = None
         self.pmd = kernel.pmd_size()
         self.hugetlb_page = default_hugetlb_size()
         self.state: Dict[int, Tracked] = {}
@@ -312,13 +317,24 @@ class ProcSampler:
         self.last = 0.0
 
     def _read(self, also_read: Iterable[int] = (), baseline: bool = False):
+        """One pass over /proc; ``self.tick`` (if set) is called every 32 rollup reads, so
+        a caller can drain its probe buffers while a large pass runs."""
         g = read_globals(self.vmstat_path, self.thp_root)
+        reads = [0]
+
+        def read_huge(p):
+            reads[0] += 1
+            if self.tick is not None and reads[0] % 32 == 0:
+                self.tick()
+            return read_rollup(p, self.proc)
         if self.pid is None:
             stats = scan_stats(self.proc)
         else:
             st = read_stat_line(self.pid, self.proc)
             stats = {} if st is None else {st.pid: st}
-        state, deltas, gone = process_deltas(self.state, stats, lambda p: read_rollup(p, self.proc),
+        if self.tick is not None:
+            self.tick()
+        state, deltas, gone = process_deltas(self.state, stats, read_huge,
                                              self.pmd, self.hugetlb_page, baseline, also_read)
         self.state = state
         return g, deltas, gone

@@ -268,7 +268,7 @@ def test_process_exiting_mid_interval_keeps_its_counts(bins, mode):
 
 def test_hostile_comm_names_render_as_text(bins):
     names = ["[red]x", "\x1b[2Jz"]
-    ws = [subprocess.Popen([bins["top_comm"], n, 30], stdin=subprocess.PIPE, stdout=subprocess.PIPE) for n in names]
+    ws = [subprocess.Popen([bins["top_comm"], n, "30"], stdin=subprocess.PIPE, stdout=subprocess.PIPE) for n in names]
     try:
         for w in ws:
             w.stdout.readline()
@@ -307,7 +307,7 @@ def test_interactive_screen_in_tmux(bins, tmp_path):
         cannot_run("needs tmux")
     session = f"pmemtrace-top-{os.getpid()}"
     rcfile = tmp_path / "rc"
-    hostile = subprocess.Popen([bins["top_comm"], "[red]x", 60], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    hostile = subprocess.Popen([bins["top_comm"], "[red]x", "60"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     hostile.stdout.readline()
     cmd = f"cd {ROOT} && {PYTHON} -m pmemtrace top 1 -r 200 -s pid; echo $? > {rcfile}; sleep 60"
     tmux("new-session", "-d", "-s", session, "-x", "200", "-y", "300", cmd)
@@ -348,7 +348,7 @@ def test_fork_churn(bins, mode):
     top = Top(1, 33, "--json", *extra)
     try:
         top.frame()
-        churn = subprocess.Popen([bins["top_churn"], 200, 30], stdout=subprocess.PIPE, text=True)
+        churn = subprocess.Popen([bins["top_churn"], "200", "30"], stdout=subprocess.PIPE, text=True)
         frames = [top.frame() for _ in range(3)]
         rss_early = vm_rss_kib(top.proc.pid)
         out, _ = churn.communicate(timeout=60)

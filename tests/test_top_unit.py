@@ -198,6 +198,8 @@ def test_sort_rows():
 # ----------------------------------------------------------------- model with fakes
 
 class FakeProcSampler:
+    tick = None
+
     def __init__(self, samples):
         self.samples = list(samples)
 
@@ -209,6 +211,9 @@ class FakeProcSampler:
 
 
 class FakeVmaCache:
+    def peek(self, pid, starttime, dirty=False):
+        return None
+
     def get(self, pid, starttime, dirty=False):
         return sampler.VmaCounts(1, 2)
 
@@ -269,11 +274,20 @@ def test_comm_and_dax_filters():
     assert [r["pid"] for r in m.step(aggregate.ProbeCounts())["processes"]] == [1]
 
     class NoDax(FakeVmaCache):
-        def get(self, pid, starttime, dirty=False):
+        def peek(self, pid, starttime, dirty=False):
             return sampler.VmaCounts(0, 0)
     m = top.Model(dax_only=True, proc_sampler=FakeProcSampler([make_sample([a, b], {1: tracked(1), 2: tracked(2)})]),
                   vma_cache=NoDax())
     assert m.step(aggregate.ProbeCounts())["processes"] == []
+
+
+def test_vma_reads_are_budgeted_busiest_first():
+    a = sampler.ProcDelta(1, "quiet", 1, 0)
+    b = sampler.ProcDelta(2, "busy", 1, 5)
+    m = top.Model(proc_sampler=FakeProcSampler([make_sample([a, b], {1: tracked(1), 2: tracked(2)})]),
+                  vma_cache=FakeVmaCache(), vma_budget=1)
+    rows = {r["pid"]: r for r in m.step(aggregate.ProbeCounts())["processes"]}
+    assert rows[2]["dax_vmas"] == 1 and rows[1]["dax_vmas"] is None
 
 
 def test_p_mode_exit_raises_process_exited():

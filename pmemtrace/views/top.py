@@ -26,6 +26,7 @@ from ..errors import PmemtraceError, ProcessExited
 SORT_KEYS = ("faults", "huge_faults", "fallbacks", "huge_share", "pid", "comm")
 ASCENDING = {"pid", "comm"}          # natural order for these; counts sort largest first
 VMA_REFRESH_SECONDS = 10.0           # DAX / VM_SYNC VMA counts of a process are re-read this often
+VMA_BUDGET = 32                      # ... and at most this many processes' smaps are read an interval
 DAX_FAULT_OUTCOMES = ("pmd_huge", "pmd_needdsync", "pte", "pte_needdsync", "load_hole", "pmd_load_hole")
 MIB = 1 << 20
 
@@ -133,6 +134,13 @@ class VmaCountCache:
         self.cache: Dict[int, tuple] = {}
         self.dax_cache: dict = {}
 
+    def peek(self, pid: int, starttime: int, dirty: bool = False) -> Optional[sampler.VmaCounts]:
+        """The cached counts if still fresh, else None (no read)."""
+        hit = self.cache.get(pid)
+        if hit and hit[0] == starttime and not dirty and self.clock() - hit[1] < self.refresh:
+            return hit[2]
+        return None
+
     def get(self, pid: int, starttime: int, dirty: bool = False) -> Optional[sampler.VmaCounts]:
         hit = self.cache.get(pid)
         now = self.clock()
@@ -155,7 +163,8 @@ class Model:
 
     def __init__(self, exact: bool = False, pid: Optional[int] = None, comm: Optional[str] = None,
                  dax_only: bool = False, proc_sampler=None, vma_sampler=None, vma_cache=None,
-                 huge_small=None, fallbacks_known: bool = False):
+                 huge_small=None, fallbacks_known: bool = False, vma_budget: int = VMA_BUDGET):
+        self.vma_budget = vma_budget
         self.fallbacks_known = fallbacks_known   # the DAX PMD probe is attached: its fallbacks are counted
         self.exact, self.pid, self.comm, self.dax_only = exact, pid, comm, dax_only
         self.procs = proc_sampler or sampler.ProcSampler(pid=pid)
@@ -256,8 +265,19 @@ class Model:
             r.setdefault("dax_faults", {})
             r.setdefault("map_sync_refusals", 0)
             r.setdefault("madvise_calls", 0)
+        # DAX / VM_SYNC VMA counts need a full smaps read: busiest processes first, at
+        # most vma_budget reads an interval (cached counts are free); the rest show null.
+        budget = self.vma_budget
+        for r in sorted(rows.values(), key=lambda r: (r["huge_faults"], r["faults"] or 0), reverse=True):
             t = s.current.get(r["pid"])
-            vc = self.vma_cache.get(r["pid"], t.starttime, r["pid"] in touched) if t else None
+            vc = None
+            if t is not None:
+                vc = self.vma_cache.peek(r["pid"], t.starttime, r["pid"] in touched)
+                if vc is None and budget > 0:
+                    budget -= 1
+                    vc = self.vma_cache.get(r["pid"], t.starttime, r["pid"] in touched)
+                    if self.procs.tick is not None:
+                        self.procs.tick()
             r["dax_vmas"] = vc.dax if vc else None
             r["vm_sync_vmas"] = vc.vm_sync if vc else None
         out = list(rows.values())
@@ -552,6 +572,7 @@ def run(interval=1.0, count=None, noclear=False, maxrows=20, sort_key="huge_faul
         model = Model(exact=exact, pid=pid, comm=comm, dax_only=dax_only, huge_small=huge_small,
                       fallbacks_known=("fs_dax:dax_pmd_fault_done" not in missing and "dax" in features
                                        and not isinstance(probes, NoProbes)))
+        model.procs.tick = lambda: probes.poll(0)
         model.start()
         probes.snapshot()          # start the first interval with empty maps
         state = ViewState(sort_key=sort_key)

@@ -337,3 +337,14 @@ def test_fallback_chunks_join_seamlessly(workload):
             facts = pagemap.facts_from_smaps(b)
             s, e = max(lo, b.map.start), min(hi, b.map.end)
             assert pagemap.fallback_range(pid, s, e, facts, chunk=MIB) == pagemap.fallback_range(pid, s, e, facts)
+
+
+def test_soft_dirty_unknown_iff_kernel_does_not_track_it(workload, pages_json):
+    """This kernel's config decides: without CONFIG_MEM_SOFT_DIRTY every run says null."""
+    import gzip
+    with gzip.open("/proc/config.gz", "rt") as f:
+        config = f.read()
+    tracked = "CONFIG_MEM_SOFT_DIRTY=y" in config
+    assert tracked or "# CONFIG_MEM_SOFT_DIRTY is not set" in config
+    values = {r["soft_dirty"] for r in pages_json["runs"]}
+    assert values <= ({True, False} if tracked else {None}) and values

@@ -4,7 +4,8 @@
  *   pages_workload [HUGETLB_MIB [GIGANTIC_PAGES]]
  *
  * Prints one line per region, "NAME START LENGTH" (hex start, decimal length), then
- * "ready", and sleeps until stdin closes. Regions:
+ * "ready", then serves stdin until it closes: a line "write ADDR" (hex) stores one byte
+ * at ADDR and answers "done". Regions:
  *   thp      64 MiB, 2 MiB-aligned, MADV_HUGEPAGE, every page touched
  *   split    the same, then mprotect(PROT_READ) of one page in the middle of the
  *            huge page at offset 32 MiB (the kernel splits that PMD)
@@ -148,8 +149,14 @@ int main(int argc, char **argv)
 	printf("ready\n");
 	fflush(stdout);
 
-	char buf[64];
-	while (read(0, buf, sizeof(buf)) > 0)
-		;
+	char line[128];
+	unsigned long addr;
+	while (fgets(line, sizeof(line), stdin)) {
+		if (sscanf(line, "write %lx", &addr) == 1) {
+			*(volatile char *)addr = 2;
+			printf("done\n");
+			fflush(stdout);
+		}
+	}
 	return 0;
 }

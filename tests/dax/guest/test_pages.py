@@ -107,3 +107,57 @@ def test_pages_devdax_is_2m(devdax, dax_map, kernel_version):
     source, runs = expect(kernel_version, huge=True)
     assert doc["source"] == source
     assert shape(doc) == (runs, 64 * MiB)
+
+
+# ---------------------------------------------------------------- soft-dirty (Debian kernels track it)
+
+def start_pages_workload(workload_dir):
+    exe = workload_dir / "pages_workload"
+    if not exe.exists():
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(exe), str(CHECKOUT / "tests" / "workloads" /
+                                                                   "pages_workload.c")], check=True)
+    p = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    regions = {}
+    for line in p.stdout:
+        f = line.split()
+        if f == ["ready"]:
+            return p, regions
+        regions[f[0]] = (int(f[1], 16), int(f[1], 16) + int(f[2]))
+    raise AssertionError(f"pages_workload ended early: rc={p.wait()}")
+
+
+def smaps_counter(pid, start, key):
+    lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith(f"{start:x}-"))
+    for ln in lines[head + 1:]:
+        if ln.startswith(key + ":"):
+            return int(ln.split()[1]) * 1024
+    raise AssertionError(f"no {key} for {start:#x}")
+
+
+def test_pages_soft_dirty_after_clear_refs(workload_dir):
+    """clear_refs 4 cleans every page; one write then dirties exactly its mapping unit:
+    the whole 2 MiB PMD in a THP region (smaps says it is PMD-mapped), one 4K page in
+    a NOHUGEPAGE region."""
+    p, regions = start_pages_workload(workload_dir)
+    try:
+        thp_lo, thp_hi = regions["thp"]
+        no_lo, no_hi = regions["nohuge"]
+        Path(f"/proc/{p.pid}/clear_refs").write_text("4")
+        for addr in (thp_lo + 4 * MiB + 123, no_lo + 8 * K4 + 5):
+            p.stdin.write(f"write {addr:x}\n")
+            p.stdin.flush()
+            assert p.stdout.readline().strip() == "done"
+        thp_pmd_mapped = smaps_counter(p.pid, thp_lo, "AnonHugePages") == thp_hi - thp_lo
+        print(f"thp region PMD-mapped: {thp_pmd_mapped}")
+        runs = {}
+        for name in ("thp", "nohuge"):
+            lo, hi = regions[name]
+            doc = pages_json(p.pid, lo)
+            assert {r["soft_dirty"] for r in doc["runs"]} <= {True, False}, "soft-dirty unknown on this kernel"
+            runs[name] = [(r["start"] - lo, r["end"] - lo) for r in doc["runs"] if r["soft_dirty"]]
+    finally:
+        p.stdin.close()
+        p.wait(timeout=60)
+    assert runs["thp"] == ([(4 * MiB, 6 * MiB)] if thp_pmd_mapped else [(4 * MiB, 4 * MiB + K4)])
+    assert runs["nohuge"] == [(8 * K4, 9 * K4)]

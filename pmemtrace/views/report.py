@@ -5,6 +5,7 @@ added (faults, THP faults by address, DAX PMD / PTE / fallback / NEEDDSYNC fault
 """
 import json
 import os
+import sys
 import time
 from typing import Dict, List, Optional
 
@@ -54,7 +55,7 @@ def totals(rows: List[vmas_mod.Vma]) -> dict:
 
 def build_json(proc: vmas_mod.ProcessVmas, show_all: bool, policy: kernel.ThpPolicy,
                faults: Optional[Dict[object, aggregate.VmaCounts]] = None, duration: Optional[float] = None,
-               probe_notes: Optional[Dict[str, str]] = None, lost: int = 0) -> dict:
+               probe_notes: Optional[Dict[str, str]] = None, lost: int = 0, unattributed: int = 0) -> dict:
     rows = [v for v in proc.vmas if visible(v, show_all) or (faults and v.start in faults)]
     out = {
         "schema": JSON_SCHEMA_VERSION, "pid": proc.pid, "comm": proc.comm, "kernel": kernel.release(),
@@ -74,8 +75,11 @@ def build_json(proc: vmas_mod.ProcessVmas, show_all: bool, policy: kernel.ThpPol
         out["lost_events"] = lost
         out["unmapped"] = fault_columns(faults.get(aggregate.UNMAPPED))
         out["probes_missing"] = dict(probe_notes or {})
+        # THP faults whose address could not be carried to the allocation (no task storage)
+        out["huge_faults_unattributed"] = unattributed
         for key in FAULT_KEYS:
             out["totals"][key] = sum(d[key] for d in out["vmas"]) + out["unmapped"][key]
+        out["totals"]["huge_faults"] += unattributed
     return out
 
 
@@ -139,6 +143,8 @@ def observe(pid: int, duration: float, ebpf: bool):
         print(probes.text)
         return None
     with probes:
+        # like bcc tools: say when tracing starts (on stderr, so --json stays clean)
+        print(f"Tracing pid {pid} for {duration:g}s...", file=sys.stderr, flush=True)
         deadline = time.monotonic() + duration
         while True:
             left = deadline - time.monotonic()
@@ -172,7 +178,8 @@ def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optio
     if duration is not None:
         index = aggregate.VmaIndex((v.start, v.end) for v in proc.vmas)
         faults = aggregate.per_vma(counts, pid, index, kernel.pmd_size(), daxcause.classify)
-    data = build_json(proc, show_all, policy, faults, duration, missing, lost or 0)
+    unattributed = counts.thp_unattributed.get(pid, 0) if duration is not None else 0
+    data = build_json(proc, show_all, policy, faults, duration, missing, lost or 0, unattributed)
     if as_json:
         print(json.dumps(data, indent=2))
     else:

@@ -3,6 +3,7 @@
 With --duration the probes are attached for that long and per-VMA fault columns are
 added (faults, THP faults by address, DAX PMD / PTE / fallback / NEEDDSYNC faults).
 """
+import dataclasses
 import json
 import os
 import sys
@@ -55,7 +56,8 @@ def totals(rows: List[vmas_mod.Vma]) -> dict:
 
 def build_json(proc: vmas_mod.ProcessVmas, show_all: bool, policy: kernel.ThpPolicy,
                faults: Optional[Dict[object, aggregate.VmaCounts]] = None, duration: Optional[float] = None,
-               probe_notes: Optional[Dict[str, str]] = None, lost: int = 0, unattributed: int = 0) -> dict:
+               probe_notes: Optional[Dict[str, str]] = None, lost: int = 0, unattributed: int = 0,
+               mincore: Optional[aggregate.MincoreStats] = None) -> dict:
     rows = [v for v in proc.vmas if visible(v, show_all) or (faults and v.start in faults)]
     out = {
         "schema": JSON_SCHEMA_VERSION, "pid": proc.pid, "comm": proc.comm, "kernel": kernel.release(),
@@ -77,6 +79,7 @@ def build_json(proc: vmas_mod.ProcessVmas, show_all: bool, policy: kernel.ThpPol
         out["probes_missing"] = dict(probe_notes or {})
         # THP faults whose address could not be carried to the allocation (no task storage)
         out["huge_faults_unattributed"] = unattributed
+        out["mincore"] = dataclasses.asdict(mincore or aggregate.MincoreStats())
         for key in FAULT_KEYS:
             out["totals"][key] = sum(d[key] for d in out["vmas"]) + out["unmapped"][key]
         out["totals"]["huge_faults"] += unattributed
@@ -131,6 +134,12 @@ def render(console: Console, data: dict) -> None:
         console.print(Text(f"note: {note}"))
     if with_faults:
         console.print(Text(f"probes attached {data['duration']:g}s; lost events: {data['lost_events']}"))
+        mc = data["mincore"]
+        if mc["calls"]:
+            resident = f"{100 * mc['pages_resident'] / mc['pages_examined']:.1f}%" if mc["pages_examined"] else "?"
+            console.print(Text(f"mincore: {mc['calls']} calls, {human_bytes(mc['bytes'])} queried, "
+                               f"{resident} of examined pages resident, "
+                               f"{mc['ns'] / mc['calls'] / 1000:.1f} us per call"))
         for tp, why in data["probes_missing"].items():
             console.print(Text(f"note: {tp} {why}"))
 
@@ -179,7 +188,8 @@ def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optio
         index = aggregate.VmaIndex((v.start, v.end) for v in proc.vmas)
         faults = aggregate.per_vma(counts, pid, index, kernel.pmd_size(), daxcause.classify)
     unattributed = counts.thp_unattributed.get(pid, 0) if duration is not None else 0
-    data = build_json(proc, show_all, policy, faults, duration, missing, lost or 0, unattributed)
+    mincore = counts.mincore.get(pid) if duration is not None else None
+    data = build_json(proc, show_all, policy, faults, duration, missing, lost or 0, unattributed, mincore)
     if as_json:
         print(json.dumps(data, indent=2))
     else:

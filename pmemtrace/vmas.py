@@ -203,19 +203,19 @@ def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None) -> Proce
     source = SOURCE_PAGEMAP_SCAN if use_pagemap_scan else SOURCE_SMAPS
     notes = []
     vmas = []
-    for block in procfs.read_smaps(pid):
-        m = block.map
-        facts = file_facts(pid, m)
-        backing = classify_backing(m, block.vmflags, facts)
+    blocks = procfs.read_smaps(pid)
+    facts_of = [file_facts(pid, b.map) for b in blocks]
+    backing_of = [classify_backing(b.map, b.vmflags, f) for b, f in zip(blocks, facts_of)]
+    # [vsyscall] lies outside the user address space, where PAGEMAP_SCAN refuses to walk
+    walk = [i for i, backing in enumerate(backing_of) if use_pagemap_scan and backing != "special"]
+    scanned = dict(zip(walk, pagemap.huge_small_many(pid, [(blocks[i].map.start, blocks[i].map.end)
+                                                             for i in walk]) if walk else []))
+    for i, block in enumerate(blocks):
+        m, facts, backing, page_sizes = block.map, facts_of[i], backing_of[i], scanned.get(i)
         eligible, reason = classify_thp(backing, facts.dax, block.vmflags, block.counters.get("THPeligible"),
                                         policy, prctl_off)
-        if use_pagemap_scan and backing != "special":
-            try:
-                huge, small = pagemap.huge_small_bytes(pid, m.start, m.end)
-            except ProcessExited:
-                raise
-            except OSError:
-                huge, small = smaps_huge_bytes(block), block.get("Rss") - smaps_huge_bytes(block)
+        if page_sizes is not None:
+            huge, small = page_sizes
         elif facts.dax != "none":
             huge = small = None     # smaps cannot see DAX mappings' page sizes
         else:

@@ -7,14 +7,10 @@ would be a test that did not run.
 """
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ROOT / "tests" / "workloads"
-FIXTURES = ROOT / "tests" / "fixtures"
+from testkit import WORKLOADS
 
 
 def live_unavailable_reason():
@@ -48,13 +44,3 @@ def build_workload(tmp_path_factory):
             built[name] = str(exe)
         return built[name]
     return build
-
-
-def run_cli(*args, timeout=120, check=False, **kwargs) -> subprocess.CompletedProcess:
-    """`python -m pmemtrace ARGS` from the checkout, as a user would run it."""
-    proc = subprocess.run([sys.executable, "-m", "pmemtrace", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"pmemtrace {' '.join(map(str, args))} exited {proc.returncode}:\n"
-                             f"{proc.stdout}\n{proc.stderr}")
-    return proc

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import run_cli
+from testkit import run_cli
 
 pytestmark = pytest.mark.live
 MiB = 1 << 20

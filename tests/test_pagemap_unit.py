@@ -344,6 +344,7 @@ def test_to_json_shape(smaps, captured):
     assert isinstance(r["start"], int) and isinstance(r["end"], int) and isinstance(r["page_size"], int)
     assert (r["end"] - r["start"], r["huge"], r["page_size"], r["kind"]) == (64 * MIB, True, 2 * MIB, "anon")
     assert doc["vmas"][0]["strip"] == "H" * 32 and doc["vmas"][0]["kind"] == "anon"
+    assert doc["notes"] == []
     json.dumps(doc)
 
 
@@ -409,3 +410,10 @@ def test_run_table_aligned():
     col = lines[0].index("kind")
     assert all(line[col:col + 4] == "anon" for line in lines[1:])
     assert len({line.index(" 2M") + 3 for line in lines[1:2]} | {lines[0].index("length") + 6}) == 1
+
+
+def test_source_notes():
+    assert pages.source_notes(pm.SOURCE_SCAN, True) == []
+    fb = pages.source_notes(pm.SOURCE_FALLBACK, True)
+    assert len(fb) == 1 and "THP" in fb[0] and "DAX" in fb[0] and "unknown" in fb[0]
+    assert any("soft-dirty" in n for n in pages.source_notes(pm.SOURCE_SCAN, False))

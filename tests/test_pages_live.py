@@ -348,3 +348,4 @@ def test_soft_dirty_unknown_iff_kernel_does_not_track_it(workload, pages_json):
     assert tracked or "# CONFIG_MEM_SOFT_DIRTY is not set" in config
     values = {r["soft_dirty"] for r in pages_json["runs"]}
     assert values <= ({True, False} if tracked else {None}) and values
+    assert any("soft-dirty" in n for n in pages_json["notes"]) == (not tracked)

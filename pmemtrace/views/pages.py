@@ -224,9 +224,21 @@ def run_dict(r: PageRun) -> dict:
             "zero_pfn": r.zero_pfn, "guard": r.guard}
 
 
-def to_json(pid: int, source: str, sections: Sequence[Section]) -> dict:
-    """{"pid", "source", "block_size", "runs": [...], "vmas": [...]}: addresses and sizes as
-    integers; each run names its VMA by "vma_start"; a VMA's "strip" uses STRIP_LEGEND."""
+def source_notes(source: str, soft_dirty_tracked: bool) -> List[str]:
+    """What this source cannot know, in words (shown as '?' in text, null in JSON)."""
+    notes = []
+    if source == pagemap.SOURCE_FALLBACK:
+        notes.append("no PAGEMAP_SCAN on this kernel (6.7+): pagemap+kpageflags cannot tell a PMD-mapped "
+                     "THP from a PTE-mapped one, nor the mapping size of DAX pages: page size unknown there")
+    if not soft_dirty_tracked:
+        notes.append("this kernel does not track soft-dirty (CONFIG_MEM_SOFT_DIRTY unset): soft-dirty unknown")
+    return notes
+
+
+def to_json(pid: int, source: str, sections: Sequence[Section], notes: Sequence[str] = ()) -> dict:
+    """{"pid", "source", "block_size", "runs": [...], "vmas": [...], "notes": [...]}: addresses
+    and sizes as integers; each run names its VMA by "vma_start"; a VMA's "strip" uses
+    STRIP_LEGEND; null means the source cannot know (see "notes")."""
     runs, vmas = [], []
     for sec in sections:
         m = sec.block.map
@@ -234,7 +246,8 @@ def to_json(pid: int, source: str, sections: Sequence[Section]) -> dict:
                      "kind": sec.facts.kind, "hugetlb_page_size": sec.facts.hugetlb_page_size or None,
                      "scanned_start": sec.lo, "scanned_end": sec.hi, "strip": strip(sec.runs, sec.lo, sec.hi)})
         runs += [dict(run_dict(r), vma_start=m.start) for r in sec.runs]
-    return {"pid": pid, "source": source, "block_size": pagemap.pmd_size(), "runs": runs, "vmas": vmas}
+    return {"pid": pid, "source": source, "block_size": pagemap.pmd_size(), "runs": runs, "vmas": vmas,
+            "notes": list(notes)}
 
 
 # ---------------------------------------------------------------- runs table
@@ -263,13 +276,15 @@ def run_table(runs: Sequence[PageRun]) -> List[str]:
 # ---------------------------------------------------------------- rich rendering
 
 def render(console, pid: int, comm: str, source: str,
-           sections: Sequence[Section]) -> None:
+           sections: Sequence[Section], notes: Sequence[str] = ()) -> None:
     from rich.text import Text
 
     console.print(Text(f"pid {pid} ({printable(comm)})  source: {source}  "
                        f"strip: one character per {human(pagemap.pmd_size())}", style="bold"))
     legend = "  ".join(f"{ch} {name}" for ch, name in STRIP_LEGEND)
     console.print(Text(f"legend: {legend}"))
+    for note in notes:
+        console.print(Text(f"note: {note}", style="yellow"))
     for sec in sections:
         m, lo, hi, runs = sec.block.map, sec.lo, sec.hi, sec.runs
         console.print()
@@ -313,10 +328,11 @@ def collect(pid: int, range_spec: Optional[str] = None, vma_addr: Optional[str] 
 def run(pid: int, range_spec: Optional[str] = None, vma_addr: Optional[str] = None,
         as_json: bool = False) -> None:
     comm, source, sections = collect(pid, range_spec, vma_addr)
+    notes = source_notes(source, pagemap.soft_dirty_tracked())
     if as_json:
-        sys.stdout.write(json.dumps(to_json(pid, source, sections)) + "\n")
+        sys.stdout.write(json.dumps(to_json(pid, source, sections, notes)) + "\n")
         return
     from rich.console import Console
     # A pipe has no width: give the table room instead of rich's 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=120)
-    render(console, pid, comm, source, sections)
+    render(console, pid, comm, source, sections, notes)

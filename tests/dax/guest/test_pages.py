@@ -50,9 +50,10 @@ class Held:
         self.p.wait(timeout=60)
 
 
-def pages_json(pid, addr):
+def pages_json(pid, addr=None, range_spec=None):
     env = dict(os.environ, PYTHONPATH=str(CHECKOUT))
-    p = subprocess.run([sys.executable, "-m", "pmemtrace", "pages", str(pid), "--vma", hex(addr), "--json"],
+    where = ["--vma", hex(addr)] if addr is not None else [range_spec]
+    p = subprocess.run([sys.executable, "-m", "pmemtrace", "pages", str(pid), *where, "--json"],
                        capture_output=True, text=True, cwd=CHECKOUT, env=env, timeout=300)
     assert p.returncode == 0, f"rc={p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
     return json.loads(p.stdout)
@@ -161,3 +162,42 @@ def test_pages_soft_dirty_after_clear_refs(workload_dir):
         p.wait(timeout=60)
     assert runs["thp"] == ([(4 * MiB, 6 * MiB)] if thp_pmd_mapped else [(4 * MiB, 4 * MiB + K4)])
     assert runs["nohuge"] == [(8 * K4, 9 * K4)]
+
+
+# ---------------------------------------------------------------- THP shapes, with and without PAGEMAP_SCAN
+
+def test_pages_thp_shapes(workload_dir, kernel_version):
+    """The host's THP shapes (tests/test_pages_live.py) on each guest kernel. With PAGEMAP_SCAN:
+    exact huge/small bytes. Without (6.1): present bytes still equal smaps' Rss, a small folio is
+    known to be 4K, and every page of a THP folio (PMD- or, after the split, PTE-mapped) has an
+    unknown page size, as the notes say."""
+    p, regions = start_pages_workload(workload_dir)
+    try:
+        docs, rss = {}, {}
+        for name in ("thp", "split", "sparse", "nohuge"):
+            lo, hi = regions[name]
+            docs[name] = pages_json(p.pid, range_spec=f"{lo:#x}-{hi:#x}")
+            rss[name] = sum(smaps_counter(p.pid, v["start"], "Rss") for v in docs[name]["vmas"])
+    finally:
+        p.stdin.close()
+        p.wait(timeout=60)
+    assert len(docs["split"]["vmas"]) == 3                       # the mprotect cut it in three
+    for name, doc in docs.items():
+        assert sum(r["end"] - r["start"] for r in doc["runs"] if r["present"]) == rss[name], name
+    present = {name: [r for r in doc["runs"] if r["present"]] for name, doc in docs.items()}
+    if kernel_version >= (6, 7):
+        def sizes(runs):
+            return (sum(r["end"] - r["start"] for r in runs if r["huge"]),
+                    sum(r["end"] - r["start"] for r in runs if not r["huge"]))
+        assert sizes(present["thp"]) == (64 * MiB, 0)
+        assert sizes(present["split"]) == (62 * MiB, 2 * MiB)
+        assert sizes(present["sparse"]) == (32 * MiB, K4)
+        assert sizes(present["nohuge"]) == (0, 16 * MiB)
+    else:
+        assert docs["thp"]["source"] == "pagemap+kpageflags"
+        assert any("THP" in n for n in docs["thp"]["notes"])
+        assert {(r["huge"], r["page_size"]) for r in present["thp"]} == {(None, None)}
+        assert {(r["huge"], r["page_size"]) for r in present["split"]} == {(None, None)}
+        assert sorted((r["huge"] is None, r["page_size"] or 0, r["end"] - r["start"]) for r in present["sparse"]) \
+            == [(False, K4, K4), (True, 0, 32 * MiB)]
+        assert {(r["huge"], r["page_size"]) for r in present["nohuge"]} == {(False, K4)}

@@ -417,3 +417,13 @@ def test_source_notes():
     fb = pages.source_notes(pm.SOURCE_FALLBACK, True)
     assert len(fb) == 1 and "THP" in fb[0] and "DAX" in fb[0] and "unknown" in fb[0]
     assert any("soft-dirty" in n for n in pages.source_notes(pm.SOURCE_SCAN, False))
+
+
+def test_pfnmap_vma_is_not_walked(smaps):
+    vvar = next(b for b in smaps if b.map.path == "[vvar]")
+    assert not pages.walked(vvar) and pages.walked(smaps[0])
+    doc = pages.to_json(1, pm.SOURCE_SCAN, [pages.Section(vvar, vvar.map.start, vvar.map.end, VmaFacts(), [])])
+    assert doc["vmas"][0]["walked"] is False and doc["vmas"][0]["strip"] is None and doc["runs"] == []
+    console = Console(record=True, width=120)
+    pages.render(console, 1, "x", pm.SOURCE_SCAN, [pages.Section(vvar, vvar.map.start, vvar.map.end, VmaFacts(), [])])
+    assert "not walked: a VM_PFNMAP mapping" in console.export_text()

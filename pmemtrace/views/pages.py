@@ -89,6 +89,12 @@ def select_targets(blocks: Sequence[procfs.Smaps], rng: Optional[Tuple[int, int]
     return out
 
 
+def walked(block: procfs.Smaps) -> bool:
+    """PAGEMAP_SCAN skips VM_PFNMAP VMAs ([vvar], device mappings): their page tables hold raw
+    PFNs with no struct page behind. pages says so instead of showing them absent."""
+    return "pf" not in block.vmflags
+
+
 def vma_dax(pid: int, m: procfs.MapEntry) -> bool:
     """Is this mapping DAX (fsdax by statx, or a device-dax character device)? Shared with report."""
     from ..vmas import file_facts
@@ -244,7 +250,8 @@ def to_json(pid: int, source: str, sections: Sequence[Section], notes: Sequence[
         m = sec.block.map
         vmas.append({"start": m.start, "end": m.end, "perms": m.perms, "path": m.path,
                      "kind": sec.facts.kind, "hugetlb_page_size": sec.facts.hugetlb_page_size or None,
-                     "scanned_start": sec.lo, "scanned_end": sec.hi, "strip": strip(sec.runs, sec.lo, sec.hi)})
+                     "scanned_start": sec.lo, "scanned_end": sec.hi, "walked": walked(sec.block),
+                     "strip": strip(sec.runs, sec.lo, sec.hi) if walked(sec.block) else None})
         runs += [dict(run_dict(r), vma_start=m.start) for r in sec.runs]
     return {"pid": pid, "source": source, "block_size": pagemap.pmd_size(), "runs": runs, "vmas": vmas,
             "notes": list(notes)}
@@ -294,6 +301,9 @@ def render(console, pid: int, comm: str, source: str,
         if (lo, hi) != (m.start, m.end):
             head.append(f"  (showing {lo:#x}-{hi:#x})")
         console.print(head)
+        if not walked(sec.block):
+            console.print(Text("  not walked: a VM_PFNMAP mapping (raw PFNs, no pages behind them)"))
+            continue
         for addr, line in strip_lines(runs, lo, hi):
             console.print(Text(f"  {addr:#014x} {line}"))
         lines = run_table(runs)
@@ -317,10 +327,13 @@ def collect(pid: int, range_spec: Optional[str] = None, vma_addr: Optional[str] 
     sections = []
     for t in targets:
         facts = pagemap.facts_from_smaps(t.block, dax=vma_dax(pid, t.block.map))
-        try:
-            runs = reader(pid, t.lo, t.hi, facts)
-        except NoSuchProcess:
-            raise ProcessExited(f"pid {pid} exited while being read") from None
+        if not walked(t.block):
+            runs = []
+        else:
+            try:
+                runs = reader(pid, t.lo, t.hi, facts)
+            except NoSuchProcess:
+                raise ProcessExited(f"pid {pid} exited while being read") from None
         sections.append(Section(t.block, t.lo, t.hi, facts, runs))
     return comm, source, sections
 

@@ -134,6 +134,8 @@ def classify_backing(m: procfs.MapEntry, vmflags: frozenset, facts: FileFacts) -
         return "special"
     if m.inode == 0:
         return "shmem" if m.shared else "anon"
+    if m.path == "/dev/zero" and not m.shared:
+        return "anon"       # MAP_PRIVATE of /dev/zero: mmap_zero() makes the VMA anonymous (keeps the file)
     if (facts.fs_magic == TMPFS_MAGIC or m.path.startswith("/memfd:") or m.path.startswith("/SYSV")
             or m.path.startswith("/dev/zero")):
         return "shmem"

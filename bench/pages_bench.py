@@ -6,7 +6,8 @@ A child process maps GIB GiB of anonymous memory (MAP_NORESERVE, 2 MiB-aligned) 
 one byte into every EVERY-th 2 MiB block: with MADV_HUGEPAGE (default) each touched block
 becomes a PMD-mapped THP, so 16 GiB with --every 4 holds 4 GiB resident in 2048 THPs and
 12 GiB mapped but untouched. With --small the range is MADV_NOHUGEPAGE and each touched
-block gets one 4K page (the page-table walk's worst case per resident byte).
+block gets one 4K page (the page-table walk's worst case per resident byte); --fill writes
+every 4K page of a touched block (with --small: many scattered PFNs for kpageflags).
 
 Both readers classify the same range; the script prints the best of several runs of
 each, the ratio, and checks both saw the same present bytes. Target: PAGEMAP_SCAN <= 0.3 s.
@@ -28,7 +29,7 @@ from pmemtrace.views import pages  # noqa: E402
 
 CHILD = r"""
 import ctypes, mmap, sys
-gib, every, small = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+gib, every, small, fill = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "1"
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
@@ -47,8 +48,9 @@ if p + size + H > a + size:
     libc.munmap(a + size, p + size + H - (a + size))
 advice = mmap.MADV_NOHUGEPAGE if small else mmap.MADV_HUGEPAGE
 assert libc.madvise(a, size, advice) == 0, ctypes.get_errno()
-for off in range(0, size, H * every):
-    ctypes.c_char.from_address(a + off).value = b"x"
+for blk in range(0, size, H * every):
+    for off in range(blk, blk + (H if fill else 1), 4096):
+        ctypes.c_char.from_address(a + off).value = b"x"
 print(a, size, flush=True)
 sys.stdin.read()
 """
@@ -68,12 +70,14 @@ def main():
     ap.add_argument("--gib", type=int, default=16, help="size of the mapped range (GiB)")
     ap.add_argument("--every", type=int, default=4, help="touch every N-th 2 MiB block")
     ap.add_argument("--small", action="store_true", help="MADV_NOHUGEPAGE: one 4K page per touched block")
+    ap.add_argument("--fill", action="store_true", help="write every 4K page of a touched block, not one")
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     if not pagemap.scan_supported():
         sys.exit("this kernel has no PAGEMAP_SCAN: nothing to compare")
 
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(args.gib), str(args.every), str(int(args.small))],
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(args.gib), str(args.every), str(int(args.small)),
+                              str(int(args.fill))],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         lo, size = map(int, child.stdout.readline().split())

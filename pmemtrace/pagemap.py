@@ -496,8 +496,23 @@ def _words(data: bytes) -> array:
     return a
 
 
+KPF_GAP = 4096       # PFNs: read across a gap up to 32 KiB of kpageflags rather than pread again
+
+
+def pfn_spans(pfns: Sequence[int], gap: int = KPF_GAP) -> List[Tuple[int, int]]:
+    """Sorted unique PFNs -> [first, last] spans to read, joining spans less than ``gap`` apart
+    (one pread per span: scattered small pages cost a few reads, not one per page)."""
+    spans: List[Tuple[int, int]] = []
+    for pfn in pfns:
+        if spans and pfn - spans[-1][1] <= gap:
+            spans[-1] = (spans[-1][0], pfn)
+        else:
+            spans.append((pfn, pfn))
+    return spans
+
+
 def _read_kpageflags(pfns: Sequence[int]) -> dict:
-    """Flags of each PFN in ``pfns`` (sorted, unique), one pread per contiguous PFN range."""
+    """Flags of each PFN in ``pfns`` (sorted, unique), read in spans (see pfn_spans)."""
     try:
         fd = os.open(KPAGEFLAGS, os.O_RDONLY | os.O_CLOEXEC)
     except PermissionError:
@@ -507,17 +522,16 @@ def _read_kpageflags(pfns: Sequence[int]) -> dict:
     flags = {}
     try:
         i = 0
-        while i < len(pfns):
-            j = i
-            while j + 1 < len(pfns) and pfns[j + 1] == pfns[j] + 1:
-                j += 1
+        for first, last in pfn_spans(pfns):
             try:
-                words = _words(_pread_all(fd, (j - i + 1) * 8, pfns[i] * 8))
+                words = _words(_pread_all(fd, (last - first + 1) * 8, first * 8))
             except OSError:
                 words = array("Q")
-            for k, w in enumerate(words):
-                flags[pfns[i] + k] = w
-            i = j + 1
+            while i < len(pfns) and pfns[i] <= last:
+                k = pfns[i] - first
+                if k < len(words):
+                    flags[pfns[i]] = words[k]
+                i += 1
     finally:
         os.close(fd)
     return flags

@@ -427,3 +427,9 @@ def test_pfnmap_vma_is_not_walked(smaps):
     console = Console(record=True, width=120)
     pages.render(console, 1, "x", pm.SOURCE_SCAN, [pages.Section(vvar, vvar.map.start, vvar.map.end, VmaFacts(), [])])
     assert "not walked: a VM_PFNMAP mapping" in console.export_text()
+
+
+def test_pfn_spans():
+    assert pm.pfn_spans([]) == []
+    assert pm.pfn_spans([5, 6, 7, 100, 5000, 9000], gap=4096) == [(5, 100), (5000, 9000)]
+    assert pm.pfn_spans([1, 2, 3, 10], gap=1) == [(1, 3), (10, 10)]

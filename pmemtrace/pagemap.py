@@ -104,6 +104,7 @@ PM_PFN_MASK = (1 << 55) - 1
 PM_SOFT_DIRTY = 1 << 55
 PM_MMAP_EXCLUSIVE = 1 << 56
 PM_UFFD_WP = 1 << 57
+PM_GUARD_REGION = 1 << 58    # 6.15+; a guard marker is a swap-type entry, so PM_SWAP is set too
 PM_FILE = 1 << 61            # file page or shared anon
 PM_SWAP = 1 << 62
 PM_PRESENT = 1 << 63
@@ -539,9 +540,11 @@ def _read_kpageflags(pfns: Sequence[int]) -> dict:
 
 def fallback_page_state(entry: int, kflags: Optional[int], facts: VmaFacts,
                         soft_dirty_known: bool = True) -> tuple:
-    """(present, huge, page_size, kind, written, soft_dirty, file, swapped, zero_pfn) of one page."""
+    """(present, huge, page_size, kind, written, soft_dirty, file, swapped, zero_pfn, guard) of one
+    page. Guard: True where pagemap says so (6.15+), else unknown (None) rather than a claim."""
     present = bool(entry & PM_PRESENT)
-    swapped = bool(entry & PM_SWAP)
+    guard = True if entry & PM_GUARD_REGION else None
+    swapped = bool(entry & PM_SWAP) and not guard
     file = bool(entry & PM_FILE) if present or swapped else None
     if facts.kind in ("hugetlb", "dax"):
         kind = facts.kind
@@ -570,7 +573,7 @@ def fallback_page_state(entry: int, kflags: Optional[int], facts: VmaFacts,
             kind = facts.kind if facts.kind in ("hugetlb", "dax") else "anon"
     written = (not entry & PM_UFFD_WP) if present or swapped else None
     soft = bool(entry & PM_SOFT_DIRTY) if soft_dirty_known else None
-    return (present, huge, size, kind, written, soft, file, swapped, zero)
+    return (present, huge, size, kind, written, soft, file, swapped, zero, guard)
 
 
 def fallback_classify(start: int, entries: Sequence[int], kflags: dict, facts: VmaFacts,
@@ -583,7 +586,7 @@ def fallback_classify(start: int, entries: Sequence[int], kflags: dict, facts: V
     for entry in entries:
         pfn = entry & PM_PFN_MASK if entry & PM_PRESENT else 0
         kf = kflags.get(pfn) if pfn else None
-        key = (entry & (PM_PRESENT | PM_SWAP | PM_FILE | PM_SOFT_DIRTY | PM_UFFD_WP), kf)
+        key = (entry & (PM_PRESENT | PM_SWAP | PM_FILE | PM_SOFT_DIRTY | PM_UFFD_WP | PM_GUARD_REGION), kf)
         state = cache.get(key)
         if state is None:
             state = cache[key] = fallback_page_state(entry, kf, facts, soft_dirty_known)
@@ -598,8 +601,7 @@ def fallback_classify(start: int, entries: Sequence[int], kflags: dict, facts: V
 
 
 def _run_from_state(start: int, end: int, st: tuple) -> PageRun:
-    present, huge, size, kind, written, soft, file, swapped, zero = st
-    return PageRun(start, end, present, huge, size, kind, written, soft, file, swapped, zero, None)
+    return PageRun(start, end, *st)
 
 
 def fallback_regions(pid: int, start: int, end: int) -> Tuple[array, dict]:

@@ -229,7 +229,9 @@ def test_fallback_page_state():
     zero = pm.fallback_page_state(small | pm.PM_FILE, pm.KPF_ZERO_PAGE | pm.KPF_THP, VmaFacts("anon"))
     assert zero[:4] == (True, True, pm.pmd_size(), "anon") and zero[6] is False and zero[8] is True
     absent = pm.fallback_page_state(pm.PM_SOFT_DIRTY, None, f)
-    assert absent == (False, False, None, "anon", None, True, None, False, None)
+    assert absent == (False, False, None, "anon", None, True, None, False, None, None)
+    guard = pm.fallback_page_state(pm.PM_SWAP | pm.PM_GUARD_REGION, None, f)     # as 6.18 reports it
+    assert (guard[0], guard[7], guard[9]) == (False, False, True)
     wp = pm.fallback_page_state(small | pm.PM_UFFD_WP, 0, f)
     assert wp[4] is False
     # a kernel without CONFIG_MEM_SOFT_DIRTY: bit 55 means nothing, say unknown
@@ -433,3 +435,11 @@ def test_pfn_spans():
     assert pm.pfn_spans([]) == []
     assert pm.pfn_spans([5, 6, 7, 100, 5000, 9000], gap=4096) == [(5, 100), (5000, 9000)]
     assert pm.pfn_spans([1, 2, 3, 10], gap=1) == [(1, 3), (10, 10)]
+
+
+def test_presence_words():
+    assert pages.presence(run(0, K4)) == "yes"
+    assert pages.presence(run(0, K4, zero_pfn=True)) == "zero-page"
+    assert pages.presence(run(0, K4, present=False)) == "no"
+    assert pages.presence(run(0, K4, present=False, guard=True)) == "guard"
+    assert pages.presence(run(0, K4, present=False, swapped=True)) == "swapped"

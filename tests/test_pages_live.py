@@ -4,7 +4,8 @@ tests/workloads/pages_workload.c builds a fully touched MADV_HUGEPAGE region, th
 with an mprotect of one page in the middle of a huge page (the kernel splits that PMD),
 a sparse MADV_HUGEPAGE region, a MADV_NOHUGEPAGE region, hugetlb regions (2 MiB and
 1 GiB pages, from pools this module sets and restores), a private file mapping with one
-page copied on write, and a memfd (shmem) mapping. `pages --json` must equal:
+page copied on write, a memfd (shmem) mapping, the huge zero page, and a guard region.
+`pages --json` must equal:
   - an independent PAGEMAP_SCAN reading written here (libc ioctl, struct.pack; it does
     not import pmemtrace.pagemap), run by run, byte for byte;
   - smaps: AnonHugePages / Rss / Anonymous / Private_Hugetlb per VMA;
@@ -148,6 +149,9 @@ def workload(build_workload, hugetlb_pools):
                 break
             regions[f[0]] = (int(f[1], 16), int(f[1], 16) + int(f[2]))
         assert "hugetlb1g" in regions, f"workload failed: {proc.poll()}"
+        assert "guard" in regions, "MADV_GUARD_INSTALL failed (guard regions are in 6.13+)"
+        with open("/sys/kernel/mm/transparent_hugepage/use_zero_page") as f:
+            assert f.read().strip() == "1", "the zero region expects THP's use_zero_page=1"
         yield proc.pid, regions
     finally:
         proc.stdin.close()
@@ -178,12 +182,22 @@ EXPECTED = {
     "hugetlb1g": (GIB, 0),
     "file": None,                          # (0, its length): every page read, all PTE-mapped
     "shmem": (0, 2 * MIB),
+    "zero": (4 * MIB, 0),                  # the huge zero page, PMD-mapped twice (not in Rss)
+    "guard": (0, 12 * K4),                 # 4 of 16 pages are a guard region
 }
+ZERO_PAGE_REGIONS = {"zero"}
 
 
-def expected(name, regions):
+def expected(name, regions, count_zero_page=True):
     lo, hi = regions[name]
+    if name in ZERO_PAGE_REGIONS and not count_zero_page:
+        return (0, 0)
     return EXPECTED[name] or (0, hi - lo)
+
+
+def not_zero(runs):
+    """The runs smaps counts: the shared zero page is in no Rss."""
+    return [r for r in runs if not r["zero_pfn"]]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -202,13 +216,13 @@ def test_runs_equal_smaps(workload, pages_json, name):
     pid, regions = workload
     lo, hi = regions[name]
     for b in smaps_in(pid, lo, hi):
-        huge, small = sizes(project(pages_json["runs"], b.map.start, b.map.end))
+        huge, small = sizes(project(not_zero(pages_json["runs"]), b.map.start, b.map.end))
         if "ht" in b.vmflags:
             assert (huge, small) == (b.get("Private_Hugetlb") + b.get("Shared_Hugetlb"), 0)
         else:
             assert huge == b.get("AnonHugePages")
             assert huge + small == b.get("Rss")
-            anon = sum(r["end"] - r["start"] for r in pages_json["runs"]
+            anon = sum(r["end"] - r["start"] for r in not_zero(pages_json["runs"])
                        if b.map.start <= r["start"] < b.map.end and r["present"] and r["kind"] == "anon")
             assert anon == b.get("Anonymous")
 
@@ -229,6 +243,11 @@ def test_page_sizes_and_kinds(workload, pages_json):
     assert [(r["start"] - lo, r["end"] - lo, r["kind"], r["file"]) for r in present("file")] == [
         (0, K4, "anon", False), (K4, hi - lo, "file", True)]         # the written page is a private copy
     assert {(r["page_size"], r["kind"], r["file"]) for r in present("shmem")} == {(K4, "shmem", True)}
+    assert {(r["page_size"], r["huge"], r["zero_pfn"]) for r in present("zero")} == {(2 * MIB, True, True)}
+    lo, hi = regions["guard"]
+    assert [(r["start"] - lo, r["end"] - lo, r["present"], r["guard"]) for r in pages_json["runs"]
+            if lo <= r["start"] < hi] == [(0, 4 * K4, True, False), (4 * K4, 8 * K4, False, True),
+                                          (8 * K4, 16 * K4, True, False)]
 
 
 def test_strips(workload, pages_json):
@@ -244,13 +263,15 @@ def test_strips(workload, pages_json):
     assert strips["nohuge"] == ["s" * 8]
     assert strips["hugetlb1g"] == ["H" * 512]
     assert set(strips["shmem"][0]) == {"s"}
+    assert strips["zero"] == ["HH"]
 
 
 def test_huge_small_bytes_equals_smaps(workload):
     from pmemtrace import pagemap
     pid, regions = workload
     for name, (lo, hi) in regions.items():
-        assert pagemap.huge_small_bytes(pid, lo, hi) == expected(name, regions), name
+        assert pagemap.huge_small_bytes(pid, lo, hi) == expected(name, regions, count_zero_page=False), name
+        assert pagemap.huge_small_bytes(pid, lo, hi, count_zero_page=True) == expected(name, regions), name
 
 
 def test_fallback_reader_agrees_where_it_knows(workload):
@@ -273,6 +294,10 @@ def test_fallback_reader_agrees_where_it_knows(workload):
             assert known == {False}
         elif name == "thp":
             assert known == {None}
+        elif name == "zero":
+            assert known == {True}                               # the huge zero page: always a PMD
+        if name == "guard":
+            assert [(r.start - lo, r.end - lo) for r in fb if r.guard] == [(4 * K4, 8 * K4)]
 
 
 def test_text_output(workload):

@@ -263,8 +263,17 @@ RUN_COLUMNS = (("start", "<"), ("end", "<"), ("length", ">"), ("present", "<"), 
                ("kind", "<"), ("written", "<"), ("soft-dirty", "<"))
 
 
+def presence(r: PageRun) -> str:
+    """yes / zero-page / no / swapped / guard."""
+    if r.present:
+        return "zero-page" if r.zero_pfn else "yes"
+    if r.guard:
+        return "guard"
+    return "swapped" if r.swapped else "no"
+
+
 def run_cells(r: PageRun) -> Tuple[str, ...]:
-    return (f"{r.start:#x}", f"{r.end:#x}", human(r.length), yes_no(r.present),
+    return (f"{r.start:#x}", f"{r.end:#x}", human(r.length), presence(r),
             human(r.page_size) if r.present else "-", r.kind,
             yes_no(r.written) if r.present or r.swapped else "-", yes_no(r.soft_dirty))
 

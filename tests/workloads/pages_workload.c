@@ -17,6 +17,10 @@
  *   file     this program's own file, MAP_PRIVATE, whole pages only: every page read,
  *            then the first page written (a private anonymous copy replaces it)
  *   shmem    2 MiB memfd, MAP_SHARED, every page written
+ *   zero     4 MiB, 2 MiB-aligned, MADV_HUGEPAGE, one byte of each 2 MiB block read (never
+ *            written): the huge zero page, where THP's use_zero_page allows it
+ *   guard    16 pages written, then MADV_GUARD_INSTALL on pages 4-7 (printed only where the
+ *            kernel has guard regions, 6.13+)
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -32,6 +36,10 @@
 #endif
 #ifndef MAP_HUGE_1GB
 #define MAP_HUGE_1GB (30 << MAP_HUGE_SHIFT)
+#endif
+
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102
 #endif
 
 #define MIB (1UL << 20)
@@ -136,6 +144,20 @@ int main(int argc, char **argv)
 		die("mmap memfd");
 	touch(shmem, 2 * MIB, page);
 
+	char *zero = map_aligned(4 * MIB);
+	advise(zero, 4 * MIB, MADV_HUGEPAGE);
+	for (size_t off = 0; off < 4 * MIB; off += HPAGE)
+		sink += *(volatile char *)(zero + off);
+
+	char *guard = mmap(NULL, 16 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (guard == MAP_FAILED)
+		die("mmap guard");
+	touch(guard, 16 * page, page);
+	int have_guard = madvise(guard + 4 * page, 4 * page, MADV_GUARD_INSTALL) == 0;
+
+	printf("zero %lx %zu\n", (unsigned long)zero, (size_t)(4 * MIB));
+	if (have_guard)
+		printf("guard %lx %zu\n", (unsigned long)guard, (size_t)(16 * page));
 	printf("file %lx %zu\n", (unsigned long)file, file_len);
 	printf("shmem %lx %zu\n", (unsigned long)shmem, (size_t)(2 * MIB));
 	printf("thp %lx %zu\n", (unsigned long)thp, (size_t)(64 * MIB));

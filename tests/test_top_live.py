@@ -320,6 +320,25 @@ def test_interactive_screen_in_tmux(bins, tmp_path):
         wait_for_screen(session, "sort: comm")
         tmux("send-keys", "-t", session, "r")
         wait_for_screen(session, "sort: comm ^")
+        # Enter on the only row (--comm keeps just the workload) shows its VMAs; Esc goes back
+        tmux("send-keys", "-t", session, "q")
+        deadline = time.monotonic() + 15
+        while not rcfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert rcfile.read_text().strip() == "0"
+        rcfile.unlink()
+        tmux("kill-session", "-t", session, check=False)
+        cmd = f"cd {ROOT} && {PYTHON} -m pmemtrace top 1 --comm [red]x; echo $? > {rcfile}; sleep 60"
+        tmux("new-session", "-d", "-s", session, "-x", "200", "-y", "100", cmd)
+        wait_for_screen(session, "[red]x")
+        tmux("send-keys", "-t", session, "Enter")
+        screen = wait_for_screen(session, "BACKING")
+        assert "START" in screen and "[heap]" in screen, screen
+        tmux("send-keys", "-t", session, "Escape")
+        deadline = time.monotonic() + 10
+        while "BACKING" in tmux("capture-pane", "-p", "-t", session).stdout and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "BACKING" not in tmux("capture-pane", "-p", "-t", session).stdout
         tmux("send-keys", "-t", session, "q")
         deadline = time.monotonic() + 15
         while not rcfile.exists() and time.monotonic() < deadline:

@@ -180,6 +180,9 @@ def test_handle_key():
     assert top.handle_key(s, " ").paused
     assert top.handle_key(s, "q").quit
     assert top.handle_key(s, "x") == s
+    assert top.handle_key(s, "j").cursor == 1 and top.handle_key(s, "\x1b[B").cursor == 1
+    assert top.handle_key(top.handle_key(s, "j"), "\x1b[A").cursor == 0 and top.handle_key(s, "k").cursor == 0
+    assert top.handle_key(s, "\r").detail and not top.handle_key(top.handle_key(s, "\n"), "\x1b").detail
 
 
 def test_sort_rows():

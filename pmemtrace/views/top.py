@@ -55,12 +55,29 @@ class ViewState:
     reverse: bool = False
     paused: bool = False
     quit: bool = False
+    cursor: int = 0           # highlighted row of the process list
+    detail: bool = False      # show the VMAs of the highlighted process
+
+
+KEYS_UP = ("k", "\x1b[A", "\x1bOA")
+KEYS_DOWN = ("j", "\x1b[B", "\x1bOB")
+KEYS_OPEN = ("\r", "\n")
+KEYS_BACK = ("\x1b", "b", "h", "\x7f")
 
 
 def handle_key(state: ViewState, key: str) -> ViewState:
-    """q quits, < / > move the sort column, r reverses, space pauses; anything else is ignored."""
+    """q quits, < / > move the sort column, r reverses, space pauses, j/k or arrows move
+    the cursor, Enter shows the VMAs of the process under it, Esc/b goes back."""
     if key in ("q", "Q"):
         return replace(state, quit=True)
+    if key in KEYS_UP:
+        return replace(state, cursor=max(0, state.cursor - 1))
+    if key in KEYS_DOWN:
+        return replace(state, cursor=state.cursor + 1)
+    if key in KEYS_OPEN:
+        return replace(state, detail=True)
+    if key in KEYS_BACK:
+        return replace(state, detail=False)
     if key in ("<", ">"):
         i = SORT_KEYS.index(state.sort_key) if state.sort_key in SORT_KEYS else 0
         i = (i + (1 if key == ">" else -1)) % len(SORT_KEYS)
@@ -167,6 +184,8 @@ class Model:
         self.vma_budget = vma_budget
         self.fallbacks_known = fallbacks_known   # the DAX PMD probe is attached: its fallbacks are counted
         self.exact, self.pid, self.comm, self.dax_only = exact, pid, comm, dax_only
+        self.detail = pid                  # whose VMAs are shown: -p PID, or chosen on the screen
+        self.page_faults_counted = exact and pid is not None   # the loader's "faults" feature is on
         self.procs = proc_sampler or sampler.ProcSampler(pid=pid)
         self.vmas = vma_sampler if vma_sampler is not None else (sampler.VmaSampler(pid) if pid else None)
         self.vma_cache = vma_cache or VmaCountCache()
@@ -184,6 +203,9 @@ class Model:
         s = self.procs.sample(also_read=touched)
         if self.pid is not None and self.pid not in s.current:
             raise ProcessExited(f"pid {self.pid} exited")
+        gone_detail = None
+        if self.detail is not None and self.detail not in s.current:
+            gone_detail, self.detail, self.vmas = self.detail, None, None
         self.vma_cache.forget(s.gone)
         bpf = aggregate.per_process(counts)
         rows = self._process_rows(s, bpf, touched)
@@ -195,10 +217,31 @@ class Model:
             "system": self._system(s, counts),
             "processes": rows,
         }
-        if self.pid is not None:
-            frame["pid"] = self.pid
-            frame["vmas"] = self._vma_rows(counts)
+        if self.detail is not None:
+            frame["pid"] = self.detail
+            try:
+                frame["vmas"] = self._vma_rows(counts)
+            except ProcessExited:
+                if self.pid is not None:
+                    raise
+                gone_detail, self.detail, self.vmas = self.detail, None, None
+                del frame["pid"]
+        if gone_detail is not None:
+            frame["detail_exited"] = gone_detail
         return frame
+
+    def select(self, pid: Optional[int]) -> None:
+        """Show the VMAs of pid from the next interval on (None: back to the process list)."""
+        if pid is None or self.pid is not None:
+            if self.pid is None:
+                self.detail, self.vmas = None, None
+            return
+        vmas = sampler.VmaSampler(pid)
+        try:
+            vmas.sample()
+        except PmemtraceError:
+            return
+        self.detail, self.vmas = pid, vmas
 
     # -- system-wide
     def _system(self, s: sampler.Sample, counts: aggregate.ProbeCounts) -> dict:
@@ -306,13 +349,13 @@ class Model:
     def _dax_of(self, b) -> str:
         key = (b.dev, b.inode)
         if key not in self.dax_kind:
-            self.dax_kind[key] = sampler.vma_dax(self.pid, b) if b.inode else "none"
+            self.dax_kind[key] = sampler.vma_dax(self.detail, b) if b.inode else "none"
         return self.dax_kind[key]
 
     def _vma_rows(self, counts: aggregate.ProbeCounts) -> List[dict]:
         deltas = self.vmas.sample()
         index = aggregate.VmaIndex((d.start, d.end) for d in deltas)
-        bpf = aggregate.per_vma(counts, self.pid, index, kernel.pmd_size())
+        bpf = aggregate.per_vma(counts, self.detail, index, kernel.pmd_size())
         rows = []
         for d in deltas:
             m = procfs.MapEntry(d.start, d.end, d.perms, 0, d.dev, d.inode, d.path)
@@ -320,13 +363,15 @@ class Model:
             huge_b, small_b = d.huge_bytes, d.small_bytes
             if dax != "none" and self.huge_small is not None:
                 try:
-                    huge_b, small_b = self.huge_small(self.pid, d.start, d.end)
+                    huge_b, small_b = self.huge_small(self.detail, d.start, d.end)
                 except (PmemtraceError, OSError):
                     pass
             vc = bpf.get(d.start, aggregate.VmaCounts())
             faults, huge = d.faults, d.huge_faults
             if self.exact:
-                faults, huge = vc.faults, vc.huge_faults
+                huge = vc.huge_faults
+                if self.page_faults_counted:
+                    faults = vc.faults
             if dax != "none":
                 huge = vc.dax.get("pmd_huge", 0)
                 faults = sum(vc.dax.get(k, 0) for k in DAX_FAULT_OUTCOMES)
@@ -455,7 +500,12 @@ def render(frame: dict, rows: List[dict], vmas: Optional[List[dict]], state: Vie
     head.append(f"\nTHP enabled={policy.enabled} defrag={policy.defrag} shmem_enabled={policy.shmem_enabled}")
     head.append(f"\n/s: {_system_summary(frame, seconds)}")
     arrow = "^" if state.reverse else "v"
-    head.append(f"\nsort: {state.sort_key} {arrow}   keys: q quit  < > sort  r reverse  space pause")
+    head.append(f"\nsort: {state.sort_key} {arrow}   keys: q quit  < > sort  r reverse  space pause"
+                "  j/k Enter VMAs  Esc back")
+    if frame.get("detail_exited") is not None:
+        head.append(f"\npid {frame['detail_exited']} exited", style="yellow")
+    elif state.detail and vmas is None:
+        head.append("\nVMAs from the next interval on...", style="yellow")
     if vmas is None:
         table = Table(box=None, pad_edge=False, header_style="bold")
         names = ("PID", "COMM", "FAULTS/s", "HUGE/s", "FALLBK/s", "HUGE%", "DAX", "SYNC")
@@ -463,14 +513,19 @@ def render(frame: dict, rows: List[dict], vmas: Optional[List[dict]], state: Vie
         for name, key in zip(names, keys):
             label = f"{name}{arrow}" if key == state.sort_key else name
             table.add_column(label, justify="left" if key == "comm" else "right", no_wrap=True)
-        for r in rows:
-            table.add_row(*(Text(c) for c in _proc_cells(r, seconds)))
+        for i, r in enumerate(rows):
+            table.add_row(*(Text(c) for c in _proc_cells(r, seconds)),
+                          style="reverse" if i == min(state.cursor, len(rows) - 1) else None)
         return Group(head, table)
     table = Table(box=None, pad_edge=False, header_style="bold")
+    # on a narrow terminal BACKING gives up its width first; numbers are never cut
     for name in ("START", "END", "BACKING", "HUGE", "SMALL", "FAULTS/s", "HUGE/s", "DAX", "SYNC", "MADV",
                  "SYNCREF"):
-        table.add_column(name, justify="left" if name == "BACKING" else "right", no_wrap=True,
-                         max_width=40 if name == "BACKING" else None)
+        if name == "BACKING":
+            table.add_column(name, justify="left", no_wrap=True, overflow="ellipsis", max_width=40, min_width=8)
+        else:
+            table.add_column(name, justify="right", no_wrap=True,
+                             min_width=12 if name in ("START", "END") else len(name))
     for v in vmas:
         table.add_row(*(Text(c) for c in _vma_cells(v, seconds)))
     proc = Table(box=None, pad_edge=False, header_style="bold")
@@ -483,6 +538,8 @@ def render(frame: dict, rows: List[dict], vmas: Optional[List[dict]], state: Vie
 
 def visible(frame: dict, state: ViewState, maxrows: Optional[int]):
     rows = sort_rows(frame["processes"], state.sort_key, state.reverse)
+    if "pid" in frame:
+        rows = [r for r in rows if r["pid"] == frame["pid"]]
     vmas = None
     if "vmas" in frame:
         key = state.sort_key if state.sort_key in ("faults", "huge_faults") else "huge_faults"
@@ -530,6 +587,10 @@ class Keys:
         ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
         if ready:
             data = os.read(self.fd, 1)
+            if data == b"\x1b":                     # an arrow key arrives as one burst: ESC [ A
+                more, _, _ = select.select([self.fd], [], [], 0.02)
+                if more:
+                    data += os.read(self.fd, 7)
             return data.decode("latin-1") if data else None
         return None
 
@@ -630,9 +691,19 @@ def _loop_tty(model, probes, interval, count, noclear, maxrows, state, out) -> N
 
     def on_key(key):
         before = holder["state"]
-        holder["state"] = handle_key(before, key)
-        holder["redraw"] = holder["state"] != before
-        return holder["state"].quit or holder["redraw"]
+        state = handle_key(before, key)
+        if state.detail != before.detail and holder["frame"] is not None:
+            if state.detail:
+                rows, _ = visible(holder["frame"], state, maxrows)
+                pick = rows[min(state.cursor, len(rows) - 1)]["pid"] if rows else None
+                model.select(pick)
+                if pick is None or model.detail != pick:
+                    state = replace(state, detail=False)
+            else:
+                model.select(None)
+        holder["state"] = state
+        holder["redraw"] = state != before
+        return state.quit or holder["redraw"]
 
     def draw():
         rows, vmas = visible(holder["frame"], holder["state"], maxrows)
@@ -658,6 +729,8 @@ def _loop_tty(model, probes, interval, count, noclear, maxrows, state, out) -> N
                     counts = probes.snapshot()
                     frame = model.step(counts)
                     n += 1
+                    if frame.get("detail_exited") is not None:
+                        holder["state"] = replace(holder["state"], detail=False)
                     if not holder["state"].paused or holder["frame"] is None:
                         holder["frame"] = frame
                 elif not holder["redraw"] or holder["frame"] is None:

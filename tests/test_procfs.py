@@ -268,3 +268,34 @@ def test_check_pid_kernel_thread():
 def test_map_file_path():
     m = procfs.parse_map_line("7f06bb800000-7f06bc000000 rw-p 00000000 00:00 0 ")
     assert procfs.map_file_path(42, m) == "/proc/42/map_files/7f06bb800000-7f06bc000000"
+
+
+def test_read_maps_of_this_process_hostile_names(tmp_path):
+    """The same parsing on live kernel output: files with a newline, an undecodable byte and a
+    deleted one mapped into this very process (no root needed to read one's own maps)."""
+    import mmap
+    names = [b"new\nline.bin", b"bad\xff byte.bin", b"gone.bin"]
+    maps_, files = [], []
+    for raw in names:
+        path = os.path.join(os.fsencode(str(tmp_path)), raw)
+        with open(path, "wb") as f:
+            f.write(b"x" * 4096)
+        f = open(path, "r+b")
+        files.append(f)
+        maps_.append(mmap.mmap(f.fileno(), 4096, mmap.MAP_SHARED))
+    os.unlink(os.path.join(os.fsencode(str(tmp_path)), b"gone.bin"))
+    try:
+        entries = procfs.read_maps(os.getpid())
+        for raw in names[:2]:
+            want = os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), raw))
+            hits = [e for e in entries if e.path == want]
+            assert len(hits) == 1, want
+            assert hits[0].shared and hits[0].size == 4096
+            assert hits[0].inode == os.stat(want).st_ino
+        gone = [e for e in entries if e.path == f"{tmp_path}/gone.bin (deleted)"]
+        assert len(gone) == 1 and gone[0].deleted
+    finally:
+        for m in maps_:
+            m.close()
+        for f in files:
+            f.close()

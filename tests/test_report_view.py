@@ -261,3 +261,15 @@ def test_render_notes(proc):
     proc.notes.append("this kernel has no PAGEMAP_SCAN")
     _, text = render_text(report.build_json(proc, False, POLICY))
     assert "note: this kernel has no PAGEMAP_SCAN" in text
+
+
+def test_render_undecodable_path_bytes(proc):
+    # procfs decodes /proc text with surrogateescape: a 0xff byte in a file name arrives as
+    # U+DCFF and must be shown as \xff, not crash the console's encoder
+    path = b"/tmp/fx/dir/bad\xff\x07.bin".decode("utf-8", "surrogateescape")
+    proc.vmas.append(vmas.Vma(0x7f4c00000000, 0x7f4c00002000, "rw-s", "file", path, 8192, 0, 8192, "none",
+                              False, False, "file: page cache of this filesystem is not THP-eligible here"))
+    data = report.build_json(proc, False, POLICY)
+    _, text = render_text(data)
+    assert "/tmp/fx/dir/bad\\xff\\x07.bin" in text
+    assert "\x07" not in text and "\udcff" not in text

@@ -271,3 +271,24 @@ def test_tracepoint_catalogue():
     assert len(ids) == len(set(ids))
     assert "fs_dax:dax_pmd_fault_done" in ids and "exceptions:page_fault_user" in ids
     assert all(tp.feeds for tp in kernel.TRACEPOINTS)
+
+
+def test_pmd_size_from_sysfs(thp_root, monkeypatch):
+    monkeypatch.setattr(kernel, "THP_SYSFS", str(thp_root))
+    assert kernel.pmd_size() == 2097152                      # hpage_pmd_size as captured
+    (thp_root / "hpage_pmd_size").write_text("524288\n")     # whatever the kernel says, not 2 MiB by habit
+    assert kernel.pmd_size() == 524288
+    monkeypatch.setattr(kernel, "THP_SYSFS", str(thp_root / "missing"))
+    assert kernel.pmd_size() == 2 << 20                      # no THP: the x86-64 PMD
+
+
+def test_tracefs_root_picks_the_first_with_events(tmp_path, monkeypatch):
+    a, b = tmp_path / "tracing", tmp_path / "debug" / "tracing"
+    a.mkdir()
+    (b / "events").mkdir(parents=True)
+    monkeypatch.setattr(kernel, "TRACEFS_CANDIDATES", (str(a), str(b)))
+    assert kernel.tracefs_root() == str(b)                   # a is an empty mount point
+    assert kernel.ensure_tracefs() == str(b)                 # already there: nothing mounted
+    (a / "events").mkdir()
+    assert kernel.tracefs_root() == str(a)
+    assert kernel.tracepoint_format("fs_dax", "dax_pmd_fault_done") is None   # defaults to that root

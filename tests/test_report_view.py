@@ -273,3 +273,19 @@ def test_render_undecodable_path_bytes(proc):
     _, text = render_text(data)
     assert "/tmp/fx/dir/bad\\xff\\x07.bin" in text
     assert "\x07" not in text and "\udcff" not in text
+
+
+def test_json_and_render_mincore(proc, faults):
+    counts, per_vma = faults
+    data = report.build_json(proc, False, POLICY, per_vma, 2.0, {}, 0, 0)
+    assert data["mincore"] == {"calls": 0, "errors": 0, "bytes": 0, "pages_examined": 0, "pages_resident": 0,
+                               "ns": 0}
+    _, text = render_text(data)
+    assert "mincore:" not in text                         # no calls, no line
+    mc = aggregate.MincoreStats(calls=4, errors=1, bytes=64 * MIB, pages_examined=16384, pages_resident=4096,
+                                ns=10000)
+    data = report.build_json(proc, False, POLICY, per_vma, 2.0, {}, 0, 0, mc)
+    assert data["mincore"] == {"calls": 4, "errors": 1, "bytes": 64 * MIB, "pages_examined": 16384,
+                               "pages_resident": 4096, "ns": 10000}
+    _, text = render_text(data)
+    assert "mincore: 4 calls, 64M queried, 25.0% of examined pages resident, 2.5 us per call" in text

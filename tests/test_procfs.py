@@ -299,3 +299,14 @@ def test_read_maps_of_this_process_hostile_names(tmp_path):
             m.close()
         for f in files:
             f.close()
+
+
+def test_read_own_rollup_status_and_pid_list():
+    me = os.getpid()
+    assert me in procfs.list_pids()
+    rollup = procfs.read_smaps_rollup(me)
+    assert {"Rss", "Anonymous", "AnonHugePages"} <= set(rollup)
+    assert all(isinstance(v, int) and v % KIB == 0 for v in rollup.values())
+    assert procfs.read_status(me)["Pid"] == str(me)
+    st = procfs.read_stat(me)
+    assert st["pid"] == me and st["state"] == "R"

@@ -320,3 +320,34 @@ def test_file_facts_own_file_mapping():
     else:
         with pytest.raises(NotRoot):
             vmas.file_facts(os.getpid(), m)
+
+
+def test_file_facts_and_backing_of_live_mappings():
+    """The FileFacts assumed above, measured: a memfd and a private /dev/zero mapping of this
+    process. As root map_files is followed; as a user the answer is NotRoot."""
+    import mmap
+    fd = os.memfd_create("pmt-test")
+    os.ftruncate(fd, 8192)
+    shm = mmap.mmap(fd, 8192, mmap.MAP_SHARED)
+    shm[:1] = b"x"
+    with open("/dev/zero", "r+b") as z:
+        zero = mmap.mmap(z.fileno(), 12288, mmap.MAP_PRIVATE)
+    zero[:1] = b"x"
+    try:
+        blocks_ = {b.map.path: b for b in procfs.read_smaps(os.getpid())
+                   if b.map.path in ("/memfd:pmt-test (deleted)", "/dev/zero")}
+        assert set(blocks_) == {"/memfd:pmt-test (deleted)", "/dev/zero"}
+        if os.geteuid() != 0:
+            with pytest.raises(NotRoot):
+                vmas.file_facts(os.getpid(), blocks_["/dev/zero"].map)
+            return
+        memfd, dz = blocks_["/memfd:pmt-test (deleted)"], blocks_["/dev/zero"]
+        assert vmas.file_facts(os.getpid(), memfd.map) == FileFacts("none", TMPFS_MAGIC)
+        assert vmas.file_facts(os.getpid(), dz.map) == FileFacts("none", None)     # a character device
+        assert backing(memfd, vmas.file_facts(os.getpid(), memfd.map)) == "shmem"
+        assert backing(dz, vmas.file_facts(os.getpid(), dz.map)) == "anon"
+        assert dz.get("Anonymous") == dz.get("Rss") == 4 * KIB
+    finally:
+        shm.close()
+        zero.close()
+        os.close(fd)

@@ -70,6 +70,7 @@ class Tracer:
         for line in self.proc.stdout:
             if self.kind == "bpftrace":
                 if line.startswith("Attaching"):
+                    time.sleep(1.0)     # printed just before it attaches
                     self.ready.set()
                 continue
             self.frames.append(json.loads(line))

@@ -209,6 +209,8 @@ class Model:
         self.vma_cache.forget(s.gone)
         bpf = aggregate.per_process(counts)
         rows = self._process_rows(s, bpf, touched)
+        for pid in s.gone:                  # names are kept one interval past exit, no longer
+            self.comms.pop(pid, None)
         frame = {
             "time": round(s.time, 3),
             "interval": round(s.seconds, 3),

@@ -11,6 +11,8 @@ import click
 from . import __version__
 from .errors import PmemtraceError
 
+TOP_SORT_KEYS = ("faults", "huge_faults", "fallbacks", "huge_share", "pid", "comm")   # views.top.SORT_KEYS
+
 EXAMPLES_TOP = """\b
 Examples:
   pmemtrace top               # all processes, refresh every second
@@ -63,7 +65,7 @@ def report(pid, show_all, as_json, duration, ebpf):
 @click.option("-C", "--noclear", is_flag=True, help="Don't clear the screen between refreshes.")
 @click.option("-r", "--maxrows", type=click.IntRange(min=1), default=20, show_default=True, help="Rows to show.")
 @click.option("-s", "--sort", "sort_key", default="huge_faults", show_default=True,
-              help="Sort column: faults, huge_faults, fallbacks, huge_share, pid, comm.")
+              type=click.Choice(TOP_SORT_KEYS), help="Sort column.")
 @click.option("-p", "--pid", type=int, default=None, help="Show one process, per VMA.")
 @click.option("--comm", default=None, help="Only processes whose comm contains this text.")
 @click.option("--dax-only", is_flag=True, help="Only processes with DAX mappings or DAX faults.")

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional
 from .. import aggregate, kernel, procfs, sampler
 from ..errors import PmemtraceError, ProcessExited
 
-SORT_KEYS = ("faults", "huge_faults", "fallbacks", "huge_share", "pid", "comm")
+from ..cli import TOP_SORT_KEYS as SORT_KEYS   # one list: the CLI validates -s with it
 ASCENDING = {"pid", "comm"}          # natural order for these; counts sort largest first
 VMA_REFRESH_SECONDS = 10.0           # DAX / VM_SYNC VMA counts of a process are re-read this often
 VMA_BUDGET = 32                      # ... and at most this many processes' smaps are read an interval

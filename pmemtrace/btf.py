@@ -186,7 +186,11 @@ def enum_values(enum_name: str, path: str = VMLINUX) -> Dict[str, int]:
 
 
 def enum_value(value_name: str, path: str = VMLINUX) -> Optional[int]:
-    """Value of an enumerator, searched in every enum (named or anonymous); None if absent."""
+    """Value of an enumerator, searched in every enum (named or anonymous); None if absent.
+
+    Kernel-wide names (THP_FAULT_ALLOC, VM_FAULT_*) are unique. A few names local to one .c
+    file recur with other values elsewhere (Opt_uid, RES_LIMIT ...): the first in BTF order
+    is returned, so look those up with enum_values(enum_name) instead."""
     return load(path).value(value_name)
 
 

@@ -121,6 +121,14 @@ def test_walks_every_kind_and_reads_enums(end):
     assert e.value("MADV_HUGEPAGE") is None
 
 
+def test_a_name_in_several_enums_resolves_to_the_first():
+    b = sample()
+    b.enum("later", [("VM_FAULT_NOPAGE", 1)])
+    e = btf.parse(b.bytes())
+    assert e.value("VM_FAULT_NOPAGE") == 0x100
+    assert e.named["later"] == {"VM_FAULT_NOPAGE": 1}
+
+
 def test_section_offsets_are_relative_to_header_end():
     e = btf.parse(sample().bytes(type_off=8, str_pad=12))
     assert e.value("VM_FAULT_NEEDDSYNC") == 0x2000

@@ -123,12 +123,14 @@ def test_tracepoints_without_tracefs_is_one_line():
 # ------------------------------------------------------------------ BTF, PAGEMAP_SCAN
 
 def test_btf_values(tmp_path):
+    b = sample()
+    b.enum("vm_event_item_file", [("THP_FILE_ALLOC", 5)])
     p = tmp_path / "vmlinux"
-    p.write_bytes(sample().bytes())
+    p.write_bytes(b.bytes())
     c = D.check_btf(str(p))[0]
     assert c.status == "OK"
-    assert c.detail == (f"{p}: THP_FAULT_ALLOC=3, VM_FAULT_NOPAGE=0x100, VM_FAULT_FALLBACK=0x800, "
-                        "VM_FAULT_NEEDDSYNC=0x2000")
+    assert c.detail == (f"{p}: THP_FAULT_ALLOC=3, THP_FILE_ALLOC=5, VM_FAULT_NOPAGE=0x100, "
+                        "VM_FAULT_FALLBACK=0x800, VM_FAULT_NEEDDSYNC=0x2000")
 
 
 def test_btf_without_thp(tmp_path):
@@ -140,6 +142,7 @@ def test_btf_without_thp(tmp_path):
     c = D.check_btf(str(p))[0]
     assert c.status == "WARN"
     assert "not in this kernel's BTF: THP_FAULT_ALLOC (lost: THP fault allocations" in c.detail
+    assert "THP_FILE_ALLOC (lost: file/shmem THP" in c.detail
     assert "VM_FAULT_NEEDDSYNC=0x2000" in c.detail
 
 
@@ -314,9 +317,11 @@ def test_doctor_tells_this_machines_truth():
                                                else ("WARN", f"absent: lost: {tp.feeds}"))
 
     names = [line.split()[0] for line in open("/proc/vmstat")]
-    thp_fault_alloc = names.index("thp_fault_alloc") - names.index("pgpgin")
+    first_event = names.index("pgpgin")       # vm_event_item order, from 0
     status, finding = rows["BTF"]
-    assert status == "OK" and f"THP_FAULT_ALLOC={thp_fault_alloc}," in finding
+    assert status == "OK"
+    assert (f"THP_FAULT_ALLOC={names.index('thp_fault_alloc') - first_event}, "
+            f"THP_FILE_ALLOC={names.index('thp_file_alloc') - first_event}, ") in finding
     assert "VM_FAULT_NOPAGE=0x100, VM_FAULT_FALLBACK=0x800, VM_FAULT_NEEDDSYNC=0x2000" in finding
 
     scan = tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", rel).groups()) >= (6, 7)

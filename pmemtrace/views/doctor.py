@@ -33,6 +33,7 @@ TRACEPOINT_NEEDS = {
 # Enum values the probes take from BTF, and what is lost without each.
 BTF_VALUES = (
     ("THP_FAULT_ALLOC", "vm_event_item", "THP fault allocations per task/VMA (--duration, --exact)"),
+    ("THP_FILE_ALLOC", "vm_event_item", "file/shmem THP allocations per task/VMA (--duration, --exact)"),
     ("VM_FAULT_NOPAGE", "vm_fault_reason", "DAX fault outcomes: mapped"),
     ("VM_FAULT_FALLBACK", "vm_fault_reason", "DAX fault outcomes: PMD fallback"),
     ("VM_FAULT_NEEDDSYNC", "vm_fault_reason", "DAX fault outcomes: MAP_SYNC NEEDDSYNC"),
@@ -161,7 +162,7 @@ def check_btf(path: str = btf.VMLINUX) -> List[Check]:
     detail = f"{path}: " + ", ".join(found) if found else f"{path}"
     if missing:
         return [Check("BTF", WARN, f"{detail}; not in this kernel's BTF: " + "; ".join(missing),
-                      "a kernel with CONFIG_TRANSPARENT_HUGEPAGE (THP_FAULT_ALLOC) and CONFIG_DEBUG_INFO_BTF")]
+                      "a kernel with CONFIG_TRANSPARENT_HUGEPAGE (THP_*_ALLOC) and CONFIG_DEBUG_INFO_BTF")]
     return [Check("BTF", OK, detail)]
 
 

@@ -345,3 +345,22 @@ def test_doctor_tells_this_machines_truth():
     kprobes = os.path.exists(f"{tracing}/kprobe_events")
     assert (rows["device-dax faults"][1] == "dev_dax_huge_fault kprobe possible") == kprobes
     assert p.stdout.rstrip().splitlines()[-1].startswith("pmemtrace can run here")
+
+
+@pytest.mark.live
+def test_doctor_mounts_tracefs_on_a_fresh_boot():
+    """A fresh boot may have no tracefs: in a private mount namespace (the machine's own
+    mounts are untouched) unmount it and debugfs, then doctor must mount it and say so."""
+    _need_root()
+    script = ("umount /sys/kernel/debug/tracing 2>/dev/null; umount /sys/kernel/tracing 2>/dev/null; "
+              "umount /sys/kernel/debug 2>/dev/null; "
+              "echo before=$(grep -c ' - tracefs ' /proc/self/mountinfo); "
+              f"{sys.executable} -m pmemtrace doctor; echo rc=$?; "
+              "echo after=$(grep ' - tracefs ' /proc/self/mountinfo | cut -d' ' -f5)")
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], cwd=REPO,
+                       env=dict(os.environ, COLUMNS="1000"), capture_output=True, text=True, timeout=120)
+    out = p.stdout
+    assert "before=0\n" in out, out + p.stderr
+    assert "rc=0\n" in out, out + p.stderr
+    assert _rows(out)["tracefs"] == ("OK", "mounted at /sys/kernel/tracing")
+    assert out.rstrip().splitlines()[-1] == "after=/sys/kernel/tracing"

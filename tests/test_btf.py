@@ -140,6 +140,7 @@ def test_public_api_reads_a_file(tmp_path):
     assert btf.enum_values("vm_fault_reason", str(p))["VM_FAULT_FALLBACK"] == 0x800
     assert btf.enum_value("BIG_ONE", str(p)) == 1 << 40
     assert btf.enum_value("NOPE", str(p)) is None
+    assert btf.load(str(p)) is btf.load(str(p))          # parsed once per process
     with pytest.raises(KeyError):
         btf.enum_values("no_such_enum", str(p))
     # the returned dict is a copy: callers cannot corrupt the cache

@@ -271,6 +271,19 @@ def test_not_root_exits_1_with_a_fail_line(monkeypatch):
     assert checks[0].status == "FAIL" and D.exit_status(checks) == 1
 
 
+def test_cli_exit_codes(monkeypatch):
+    from click.testing import CliRunner
+    from pmemtrace.cli import cli
+    monkeypatch.setattr(D, "collect", lambda: [D.Check("root", "OK", "running as root"),
+                                               D.Check("bcc", "FAIL", "no bcc", "install it")])
+    result = CliRunner().invoke(cli, ["doctor"])
+    assert result.exit_code == 1
+    assert re.search(r"^FAIL\s+bcc\s+no bcc", result.output, re.M)
+    monkeypatch.setattr(D, "collect", lambda: [D.Check("root", "OK", "running as root")])
+    result = CliRunner().invoke(cli, ["doctor"])
+    assert result.exit_code == 0 and result.output.rstrip().endswith("pmemtrace can run here")
+
+
 # ------------------------------------------------------------------ live
 
 def _need_root():

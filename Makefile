@@ -20,10 +20,12 @@ deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 	    python3-bpfcc python3-venv gcc libc6-dev make tmux qemu-system-x86 busybox-static cpio kmod ndctl xfsprogs e2fsprogs
-	if apt-cache show linux-headers-$(KREL) >/dev/null 2>&1; then \
+	if apt-cache show linux-headers-$(KREL) 2>/dev/null | grep -q '^Package:'; then \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-headers-$(KREL); \
-	else \
+	elif apt-cache show linux-headers-$(ARCH) 2>/dev/null | grep -q '^Package:'; then \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-headers-$(ARCH); \
+	else \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-headers-generic; \
 	fi
 
 venv:

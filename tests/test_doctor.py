@@ -233,6 +233,33 @@ def test_no_dax_anywhere(tmp_path):
     assert checks[1].detail.startswith("no filesystem mounted with dax")
 
 
+# ------------------------------------------------------------------ probes
+
+def test_probes_not_tried_after_a_fail():
+    def must_not_load():
+        raise AssertionError("doctor must not load probes when a prerequisite failed")
+    assert statuses(D.check_probes(False, must_not_load)) == [("probes load", "WARN")]
+
+
+def test_probes_load_and_skipped_ones():
+    checks = D.check_probes(True, lambda: (12, {"fs_dax:dax_load_hole": "format lacks ino: no x"},
+                                           ["thp", "dax"]))
+    assert statuses(checks) == [("probes load", "OK"), ("probes skipped", "WARN")]
+    assert checks[0].detail == "12 tracepoints compiled, loaded and attached (thp, dax), then detached"
+    assert checks[1].detail == "fs_dax:dax_load_hole: format lacks ino: no x"
+    assert statuses(D.check_probes(True, lambda: (14, {}, ["thp"]))) == [("probes load", "OK")]
+
+
+def test_probes_failing_to_load_is_fail():
+    from pmemtrace.errors import ProbeLoadFailed
+
+    def broken():
+        raise ProbeLoadFailed("BPF program failed to compile or load: error: x")
+    c = D.check_probes(True, broken)[0]
+    assert (c.status, c.detail) == ("FAIL", "BPF program failed to compile or load: error: x")
+    assert D.exit_status([c]) == 1
+
+
 # ------------------------------------------------------------------ rendering and exit status
 
 def render(checks, width=200):
@@ -357,6 +384,12 @@ def test_doctor_tells_this_machines_truth():
     assert rows["device-dax"][1].startswith("no device-dax devices") == (not devices)
     kprobes = os.path.exists(f"{tracing}/kprobe_events")
     assert (rows["device-dax faults"][1] == "dev_dax_huge_fault kprobe possible") == kprobes
+    from pmemtrace import loader
+    wanted = {a.id for f in loader.FEATURES for a in loader.ATTACHMENTS[f]}
+    here = sorted(i for i in wanted if os.path.isdir(f"{tracing}/events/{i.replace(':', '/')}"))
+    status, finding = rows["probes load"]
+    assert status == "OK" and finding.startswith(f"{len(here)} tracepoints compiled, loaded and attached")
+    assert ("probes skipped" in rows) == (len(here) < len(wanted))
     assert p.stdout.rstrip().splitlines()[-1].startswith("pmemtrace can run here")
 
 

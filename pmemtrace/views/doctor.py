@@ -305,6 +305,32 @@ def check_dax(bus: str = DAX_BUS, dev: str = "/dev", mountinfo: str = MOUNTINFO,
     return checks
 
 
+def _load_all_probes() -> Tuple[int, Dict[str, str], List[str]]:
+    """Compile, load and attach every probe pmemtrace has (the 'faults' feature is the same
+    programs filtered by pid), then detach. Only loader.py touches bcc."""
+    from .. import loader
+    features = [f for f in loader.FEATURES if f != "faults"]
+    probes = loader.Probes(features)
+    probes.start()
+    probes.close()
+    return len(probes.attachments), dict(probes.missing), features
+
+
+def check_probes(ready: bool, load: Callable = _load_all_probes) -> List[Check]:
+    """The whole chain at once: tracefs formats -> generated structs -> headers -> clang -> verifier."""
+    if not ready:
+        return [Check("probes load", WARN, "not tried: fix the FAIL lines above first")]
+    try:
+        n, missing, features = load()
+    except PmemtraceError as e:
+        return [Check("probes load", FAIL, str(e), "see the lines above; `pmemtrace top --ebpf` prints the program")]
+    checks = [Check("probes load", OK, f"{n} tracepoints compiled, loaded and attached "
+                    f"({', '.join(features)}), then detached")]
+    if missing:
+        checks.append(Check("probes skipped", WARN, "; ".join(f"{k}: {v}" for k, v in sorted(missing.items()))))
+    return checks
+
+
 # ------------------------------------------------------------------ all of it
 
 def collect() -> List[Check]:
@@ -320,6 +346,7 @@ def collect() -> List[Check]:
     checks += check_thp(kernel.thp_policy())
     checks += check_hugetlb(kernel.hugetlb_pools())
     checks += check_dax(tracefs=root)
+    checks += check_probes(not any(c.status == FAIL for c in checks))
     return checks
 
 

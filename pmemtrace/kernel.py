@@ -157,7 +157,7 @@ def ensure_tracefs() -> str:
                             capture_output=True, text=True)
     root = tracefs_root()
     if root is None:
-        why = result.stderr.strip() or "mount -t tracefs failed"
+        why = (result.stderr.strip().splitlines() or ["mount -t tracefs failed"])[0]
         raise KernelFeatureMissing(f"tracefs is not available ({why}); pmemtrace needs it to attach tracepoints")
     return root
 

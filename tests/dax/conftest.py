@@ -6,7 +6,7 @@ Environment:
                           default all three, or bookworm,sid under CI=true
   PMEMTRACE_DAX_CACHE     kernel cache directory (default tests/dax/cache)
   PMEMTRACE_DAX_REFRESH=1 re-resolve the suites' current kernels now (else weekly)
-  PMEMTRACE_DAX_TIMEOUT   seconds one guest may run before it is killed (default 900)
+  PMEMTRACE_DAX_TIMEOUT   seconds one guest may run before it is killed (default 600)
   PMEMTRACE_DAX_GUEST_ARGS extra pytest arguments for the in-guest run (e.g. "-k ext4")
 """
 import os
@@ -20,6 +20,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import daxharness  # noqa: E402
 from daxharness import kernels, vm  # noqa: E402
 
 # the kernel cache holds whole header trees (with Python scripts): never collect there
@@ -47,6 +48,7 @@ def guest_test_ids(config):
            if ln.startswith("tests/dax/guest/") and "::" in ln]
     if not ids:
         return [f"(collection of tests/dax/guest failed: {p.stdout[-300:]} {p.stderr[-300:]})"]
+    daxharness.GUEST_IDS[:] = ids
     return ids
 
 
@@ -72,8 +74,26 @@ def _require_host_tools():
 
 
 def _out_dir(name):
-    return kernels.cache_dir().parent / "out" / name if "PMEMTRACE_DAX_CACHE" not in os.environ \
-        else kernels.cache_dir() / "out" / name
+    """A per-session directory (several sessions may boot guests at once): out/<kernel>-<pid>,
+    with out/<kernel> a symlink to the newest; directories of dead sessions are removed."""
+    base = kernels.cache_dir() / "out" if "PMEMTRACE_DAX_CACHE" in os.environ else HERE / "out"
+    base.mkdir(parents=True, exist_ok=True)
+    for old in base.glob(f"{name}-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(old, ignore_errors=True)
+    out = base / f"{name}-{os.getpid()}"
+    out.mkdir(exist_ok=True)
+    link = base / name
+    try:
+        if link.is_symlink() or not link.exists():
+            tmp = base / f".{name}.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(out.name)
+            tmp.replace(link)
+    except OSError:
+        pass
+    return out
 
 
 @pytest.fixture

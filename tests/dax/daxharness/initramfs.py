@@ -63,9 +63,11 @@ def _decompress(src, dst):
     Path(dst).write_bytes(data)
 
 
-def build(kernel, out_dir):
-    """Return the path of <out_dir>/initramfs-<abi>.cpio.gz (rebuilt when init.sh changes)."""
-    out = Path(out_dir) / f"initramfs-{kernel.abi}.cpio.gz"
+def build(kernel):
+    """Return the path of the kernel's initramfs (beside its unpacked tree; rebuilt when
+    init.sh or this file changes; written atomically, so concurrent sessions can share it)."""
+    out = Path(kernel.root).parent / "initramfs.cpio.gz"
+    out_dir = out.parent
     if out.exists() and out.stat().st_mtime > INIT.stat().st_mtime \
             and out.stat().st_mtime > Path(__file__).stat().st_mtime:
         return out
@@ -88,7 +90,7 @@ def build(kernel, out_dir):
         (w / "modlist").write_text("\n".join(names) + "\n")
         shutil.copy2(INIT, w / "init")
         os.chmod(w / "init", 0o755)
-        tmp = out.with_suffix(".tmp")
+        tmp = out.with_suffix(f".tmp{os.getpid()}")
         files = subprocess.run(["find", "."], cwd=w, capture_output=True, check=True).stdout
         cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=w, input=files,
                               capture_output=True, check=True).stdout

@@ -6,6 +6,7 @@ state are never touched. The Debian mirror URI is the one the machine already us
 Packages are unpacked with `dpkg -x` into <cache>/kernels/<suite>/<abi>/root and
 `depmod -b` is run there so modprobe can resolve dependencies.
 """
+import fcntl
 import json
 import os
 import re
@@ -180,9 +181,18 @@ def _manifest_path(name):
 
 
 def fetch(name, refresh=None):
-    """Return the cached Kernel for `name`, downloading + unpacking it if needed."""
+    """Return the cached Kernel for `name`, downloading + unpacking it if needed
+    (under a lock: several test sessions may share the cache)."""
     if name not in SUITES:
         raise FetchError(f"unknown kernel {name!r}")
+    lockfile = cache_dir() / "kernels" / f"{name}.lock"
+    lockfile.parent.mkdir(parents=True, exist_ok=True)
+    with open(lockfile, "w") as lk:
+        fcntl.flock(lk, fcntl.LOCK_EX)
+        return _fetch(name, refresh)
+
+
+def _fetch(name, refresh):
     refresh = os.environ.get("PMEMTRACE_DAX_REFRESH") == "1" if refresh is None else refresh
     man = _manifest_path(name)
     if man.exists() and not refresh:

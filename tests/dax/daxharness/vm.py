@@ -6,6 +6,7 @@ stock kernels, hence `-accel tcg,thread=multi -cpu max`.
 """
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from . import initramfs
 GUEST_DIR = Path(__file__).resolve().parent.parent / "guest"
 STAGE2 = GUEST_DIR / "stage2.sh"
 CHECKOUT = Path(__file__).resolve().parents[3]
-DEFAULT_TIMEOUT = int(os.environ.get("PMEMTRACE_DAX_TIMEOUT", "900"))
+DEFAULT_TIMEOUT = int(os.environ.get("PMEMTRACE_DAX_TIMEOUT", "600"))
 # RAM 0-3G and 4G-6G (pc machine); pmem carved at 1G-2G and 4G-5G: two separate regions
 MEMORY = "5G"
 MEMMAP = "memmap=1G!1G memmap=1G!4G"
@@ -42,7 +43,8 @@ class GuestRun:
         return p.read_text(errors="replace") if p.exists() else ""
 
     def console_tail(self, lines=60):
-        return "\n".join(self.text("console.log").splitlines()[-lines:])
+        text = re.sub(r"\x1b(\[[0-9;?]*[a-zA-Z]|c)", "", self.text("console.log"))
+        return "\n".join(text.splitlines()[-lines:])
 
     def guest_log_tail(self, lines=60):
         return "\n".join(self.text("guest.log").splitlines()[-lines:])
@@ -82,9 +84,9 @@ def run(kernel, out, timeout=DEFAULT_TIMEOUT, guest_pytest_args="", python=None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.iterdir():
-        if old.is_file() and not old.name.startswith("initramfs-"):
+        if old.is_file():
             old.unlink()
-    initrd = initramfs.build(kernel, out)
+    initrd = initramfs.build(kernel)
     python = python or sys.executable
     (out / "config.env").write_text("".join(f"{k}={shlex.quote(str(v))}\n" for k, v in {
         "CHECKOUT": CHECKOUT, "PYTHON": python, "KVER": kernel.abi, "KROOT": kernel.root,

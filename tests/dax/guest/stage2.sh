@@ -83,7 +83,7 @@ main() {
   step "pytest in the guest"
   cd "$CHECKOUT"
   PMEMTRACE_IN_GUEST=1 PMEMTRACE_DAX_SETUP=/run/pmemtrace-dax.setup PMEMTRACE_DAX_RESULTS=/out/results.json \
-  BCC_KERNEL_SOURCE=/lib/modules/$KVER/build PYTHONPATH="$CHECKOUT" PYTHONDONTWRITEBYTECODE=1 \
+  PYTHONPATH="$CHECKOUT" PYTHONDONTWRITEBYTECODE=1 \
     "$PYTHON" -m pytest -p no:cacheprovider -o addopts= -rA -v tests/dax/guest $GUEST_PYTEST_ARGS \
     > /out/pytest.log 2>&1
   rc=$?

@@ -1,0 +1,135 @@
+"""`pmemtrace report PID --duration` against real DAX faults: MAP_SYNC first writes
+(NEEDDSYNC) and re-faults (PMD), and every PMD fallback cause produced for real and named,
+on ext4 and xfs.
+
+One process (tests/workloads/dax_causes.c) holds one VMA per scenario on each dax mount,
+so a single observation (one BPF compile under TCG) covers them all. Ground truth per VMA:
+a private tracefs instance recording fs_dax:dax_pmd_fault_done and dax_pte_fault_done over
+the same window, assigned to VMAs by fault address.
+"""
+import os
+
+import pytest
+
+from guestlib import HeldWorkload, TraceInstance, columns, observe, parse_kv, vma_at
+from pmemtrace import daxcause
+
+MiB = 1 << 20
+FILESYSTEMS = ["ext4", "xfs"]
+CAUSES = {
+    "misaligned": daxcause.MISALIGNED,
+    "pte_setup": daxcause.MISALIGNED,
+    "pte_present": daxcause.PTE_PRESENT,
+    "outside": daxcause.OUTSIDE_VMA,
+    "past_eof": daxcause.PAST_EOF,
+    "cow": daxcause.COW,
+}
+
+
+@pytest.fixture(scope="session")
+def observed(setup_facts, dax_causes):
+    """fs -> {vma name: (report row, tracefs pmd results, tracefs pte results, length)}."""
+    dirs = {}
+    for fs in FILESYSTEMS:
+        if f"fsdax-{fs}" not in setup_facts:
+            pytest.fail(f"stage2 did not set up fs-dax {fs} (see guest.log)")
+        dirs[fs] = os.path.join(setup_facts[f"fsdax-{fs}"][1], "causes")
+        os.makedirs(dirs[fs], exist_ok=True)
+    t = TraceInstance(f"pmtcauses{os.getpid()}", ["fs_dax/dax_pmd_fault_done", "fs_dax/dax_pte_fault_done",
+                                                 "fs_dax/dax_insert_pfn_mkwrite"])
+    try:
+        with HeldWorkload(dax_causes, *dirs.values(), waits=True) as w:
+            data = observe(w)
+            vmas = [parse_kv(ln) for ln in w.all_lines if ln.startswith("VMA ")]
+        out = {fs: {} for fs in FILESYSTEMS}
+        mkwrite = {}
+        for kv in vmas:
+            fs = next(f for f, d in dirs.items() if d == kv["dir"])
+            a, n = int(kv["addr"], 16), int(kv["len"])
+            out[fs][kv["name"]] = (vma_at(data, a), t.in_range("dax_pmd_fault_done", a, a + n, comm="dax_causes"),
+                                   t.in_range("dax_pte_fault_done", a, a + n, comm="dax_causes"), n)
+            mkwrite[(fs, kv["name"])] = sum(t.in_range("dax_insert_pfn_mkwrite", a, a + n, comm="dax_causes").values())
+    finally:
+        t.close()
+    for d in dirs.values():
+        for f in os.listdir(d):
+            os.unlink(os.path.join(d, f))
+    out["mkwrite"] = mkwrite
+    return out
+
+
+@pytest.mark.parametrize("fs", FILESYSTEMS)
+def test_map_sync_first_write_needdsync(observed, fs):
+    """64 MiB aligned MAP_SYNC over fresh blocks: 32 NEEDDSYNC, nothing else."""
+    row, pmd, pte, n = observed[fs]["sync_first"]
+    assert dict(pmd) == {"NEEDDSYNC": 32} and dict(pte) == {}
+    assert columns(row) == {"dax_pmd_faults": 0, "dax_pte_faults": 0, "dax_fallbacks": 0, "dax_needdsync": 32}
+
+
+@pytest.mark.parametrize("fs", FILESYSTEMS)
+def test_map_sync_refault_is_pmd(observed, fs):
+    """A second MAP_SYNC VMA over the now written blocks: 32 PMD faults (NOPAGE)."""
+    row, pmd, pte, n = observed[fs]["sync_again"]
+    assert dict(pmd) == {"NOPAGE": 32} and dict(pte) == {}
+    assert columns(row) == {"dax_pmd_faults": 32, "dax_pte_faults": 0, "dax_fallbacks": 0, "dax_needdsync": 0}
+
+
+@pytest.mark.parametrize("fs", FILESYSTEMS)
+@pytest.mark.parametrize("name", list(CAUSES))
+def test_fallback_cause(observed, fs, name):
+    """The kernel really fell back here, pmemtrace counted every fallback and named the cause."""
+    row, pmd, pte, n = observed[fs][name]
+    fallbacks = pmd.get("FALLBACK", 0)
+    assert fallbacks > 0, f"{fs} {name}: the kernel made no PMD fallback here: {dict(pmd)}"
+    assert set(pmd) <= {"FALLBACK", "NOPAGE"}, dict(pmd)
+    assert (columns(row)["dax_fallbacks"], columns(row)["dax_pmd_faults"]) == (fallbacks, pmd.get("NOPAGE", 0))
+    assert row.get("dax_fallback_causes") == {CAUSES[name]: fallbacks}
+
+
+# Known pmemtrace gap (found here, reported to the lead): probes/dax.c keys dax_pte_fault_done
+# by the fault's 2 MiB block, so a misaligned VMA's first, partial block (which starts below
+# vm_start) is attributed outside the VMA: 513 of 1024 PTE faults are counted on it.
+PTE_BLOCK_ATTRIBUTION = pytest.mark.xfail(strict=True, reason="pmemtrace attributes DAX PTE faults by 2 MiB "
+                                          "block; a misaligned VMA's first partial block is counted elsewhere")
+
+
+@pytest.mark.parametrize("fs", FILESYSTEMS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=PTE_BLOCK_ATTRIBUTION) if n in ("misaligned", "pte_setup")
+                                  else n for n in CAUSES])
+def test_fallback_vma_pte_faults(observed, fs, name):
+    """Every 4 KiB DAX fault of the VMA is counted on it, including those in a 2 MiB block
+    that starts before the VMA (a misaligned VMA's first block)."""
+    row, pmd, pte, n = observed[fs][name]
+    assert columns(row)["dax_pte_faults"] == sum(pte.values()), dict(pte)
+    assert columns(row)["dax_needdsync"] == 0
+
+
+@pytest.mark.parametrize("fs", FILESYSTEMS)
+def test_nohugepage_makes_no_pmd_attempt(observed, fs):
+    row, pmd, pte, n = observed[fs]["nohuge"]
+    assert dict(pmd) == {}
+    assert sum(pte.values()) == n // 4096
+    assert columns(row) == {"dax_pmd_faults": 0, "dax_pte_faults": n // 4096, "dax_fallbacks": 0,
+                            "dax_needdsync": 0}
+
+
+@pytest.mark.xfail(strict=True, reason="report's THP reason for a DAX VMA does not mention VM_NOHUGEPAGE yet "
+                   "(it says the generic DAX alignment text)")
+@pytest.mark.parametrize("fs", FILESYSTEMS)
+def test_nohugepage_reason_in_words(observed, fs):
+    """The kernel makes no PMD attempt on a VM_NOHUGEPAGE DAX VMA, so no fallback cause can
+    say why it is all 4 KiB: the VMA's THP reason must."""
+    row = observed[fs]["nohuge"][0]
+    assert row["thp_eligible"] is False
+    assert "nohugepage" in row["thp_reason"].lower().replace("_", "").replace(" ", ""), row["thp_reason"]
+
+
+@pytest.mark.parametrize("fs", FILESYSTEMS)
+def test_map_sync_latency_histogram(observed, fs):
+    """Each NEEDDSYNC ends in dax_insert_pfn_mkwrite: the per-VMA latency histogram holds
+    exactly as many samples as the tracepoint fired for that VMA (32)."""
+    row = observed[fs]["sync_first"][0]
+    assert observed["mkwrite"][(fs, "sync_first")] == 32
+    hist = row.get("map_sync_latency_log2_ns")
+    assert hist is not None, "report --duration has no map_sync_latency_log2_ns"
+    assert sum(hist.values()) == 32, hist

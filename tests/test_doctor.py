@@ -13,7 +13,7 @@ from pmemtrace import btf, headers, kernel
 from pmemtrace.errors import HeadersMissing, KernelFeatureMissing
 from pmemtrace.views import doctor as D
 
-from test_btf import Blob, sample
+from test_btf import Blob
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,8 +123,12 @@ def test_tracepoints_without_tracefs_is_one_line():
 # ------------------------------------------------------------------ BTF, PAGEMAP_SCAN
 
 def test_btf_values(tmp_path):
-    b = sample()
-    b.enum("vm_event_item_file", [("THP_FILE_ALLOC", 5)])
+    b = Blob()
+    b.int_("int")
+    b.enum("vm_event_item", [("PGPGIN", 0), ("THP_FAULT_ALLOC", 3), ("THP_FILE_ALLOC", 5)])
+    b.enum("other", [("VM_FAULT_NOPAGE", 7)])     # same name elsewhere: the named enum is used
+    b.enum("vm_fault_reason", [("VM_FAULT_NOPAGE", 0x100), ("VM_FAULT_FALLBACK", 0x800),
+                               ("VM_FAULT_NEEDDSYNC", 0x2000)])
     p = tmp_path / "vmlinux"
     p.write_bytes(b.bytes())
     c = D.check_btf(str(p))[0]

@@ -2,8 +2,9 @@
 
 Checks are plain functions returning Check records (tests build them from fakes and temp
 dirs); rendering is separate. Exit status 1 when any check FAILs: pmemtrace cannot run.
-FAIL is kept for what stops pmemtrace (not root, no bcc, no headers, no tracefs); a lost
-feature (a missing tracepoint, no BTF, no PAGEMAP_SCAN) is WARN and says what is lost.
+FAIL is kept for what stops pmemtrace (not root, no bcc, no headers, no tracefs, probes
+that do not load); a lost feature (a missing tracepoint, no BTF, no PAGEMAP_SCAN) is WARN
+and says what is lost.
 """
 import ctypes.util
 import importlib.util
@@ -153,7 +154,10 @@ def check_btf(path: str = btf.VMLINUX) -> List[Check]:
         return [Check("BTF", WARN, f"{e}; lost: {lost}", "a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
     found, missing = [], []
     for value_name, enum_name, what in BTF_VALUES:
-        value = btf.enum_value(value_name, path)
+        try:
+            value = btf.enum_values(enum_name, path).get(value_name)
+        except KeyError:
+            value = None
         if value is None:
             missing.append(f"{value_name} (lost: {what})")
         else:

@@ -85,7 +85,10 @@ def resolve_enums() -> Dict[str, int]:
               "VM_FAULT_NEEDDSYNC_BIT": "VM_FAULT_NEEDDSYNC"}
     out = {}
     for macro, name in wanted.items():
-        value = btf.enum_value(name)
+        try:
+            value = btf.enum_value(name)
+        except btf.BtfError:
+            value = None      # no BTF: the features that need these values drop out, with a note
         out[macro] = -1 if value is None else value
     return out
 

@@ -140,6 +140,10 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
     if any(f in features for f in ("thp", "faults")) and enums.get("THP_FAULT_ALLOC_ITEM", -1) < 0:
         missing["btf:THP_FAULT_ALLOC"] = "enum value not found in BTF: no per-address THP fault attribution"
         usable = [a for a in usable if not a.raw]
+    if "dax" in features and min(enums.get(k, -1) for k in
+                                 ("VM_FAULT_NOPAGE_BIT", "VM_FAULT_FALLBACK_BIT", "VM_FAULT_NEEDDSYNC_BIT")) < 0:
+        missing["btf:VM_FAULT_*"] = "enum values not found in BTF: no DAX fault outcomes"
+        usable = [a for a in usable if a.category != "fs_dax"]
     defines = [f"#define {k} {v}" for k, v in {**enums, **MADV, **MAP_SIZES}.items()]
     defines += [f"#define EVENT_DAX_FALLBACK {EVENT_DAX_FALLBACK}", f"#define EVENT_MMAP {EVENT_MMAP}",
                 f"#define EVENT_MUNMAP {EVENT_MUNMAP}", f"#define EVENT_MADVISE {EVENT_MADVISE}"]

@@ -80,7 +80,17 @@ class Tracer:
     def stop(self):
         if self.proc is None:
             return 0
-        self.proc.send_signal(signal.SIGINT if self.kind == "bpftrace" else signal.SIGTERM)
+        if self.kind == "bpftrace":
+            # it prints its map on the way out; only its throughput phase matters here
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+                self.proc.send_signal(sig)
+                try:
+                    self.proc.wait(10)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
         try:
             rc = self.proc.wait(30)
         except subprocess.TimeoutExpired:

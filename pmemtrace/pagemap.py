@@ -32,6 +32,7 @@ import os
 import platform
 import struct
 from array import array
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -279,6 +280,68 @@ def _exited(pid: int) -> ProcessExited:
     return ProcessExited(f"pid {pid} exited while being read")
 
 
+class PageMap:
+    """/proc/PID/pagemap held open: PAGEMAP_SCAN regions and raw pagemap words of any range.
+
+    A context manager, so the descriptor always closes; open one for many ranges (every VMA of
+    a process) instead of one per range. ``check_alive`` after reading turns an empty answer
+    from a process that died meanwhile into ProcessExited.
+    """
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.fd = _open_pagemap(pid)
+
+    def __enter__(self) -> "PageMap":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def check_alive(self) -> None:
+        if not process_alive(self.pid):
+            raise _exited(self.pid)
+
+    def regions(self, start: int, end: int, **masks) -> List[Tuple[int, int, int]]:
+        """PAGEMAP_SCAN regions of [start, end), merged across ioctl calls (see scan_regions_fd)."""
+        try:
+            return merge_regions(scan_regions_fd(self.fd, start, end, **masks))
+        except OSError as e:
+            raise _scan_errors(self.pid, e, start, end) from None
+
+    def words(self, start: int, end: int) -> array:
+        """The pagemap word of every page of [start, end): one pread."""
+        n = (end - start) // PAGE_SIZE
+        try:
+            data = _pread_all(self.fd, n * 8, start // PAGE_SIZE * 8)
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise _exited(self.pid) from None
+            if e.errno in (errno.EPERM, errno.EACCES):
+                raise NotRoot(f"permission denied reading /proc/{self.pid}/pagemap: run as root") from None
+            raise
+        out = _words(data)
+        if len(out) < n:
+            self.check_alive()
+        return out
+
+
+@contextmanager
+def _pagemap(pid: int, pmap: Optional[PageMap]):
+    """The caller's open PageMap, or one of our own that is closed and alive-checked after."""
+    if pmap is not None:
+        yield pmap
+        return
+    with PageMap(pid) as own:
+        yield own
+        own.check_alive()
+
+
 # ---------------------------------------------------------------- PAGEMAP_SCAN
 
 def _ioctl_scan(fd: int, arg: PmScanArg) -> int:
@@ -397,19 +460,12 @@ def _scan_errors(pid: int, e: OSError, start: int, end: int):
     return e
 
 
-def scan_regions(pid: int, start: int, end: int, **masks) -> List[Tuple[int, int, int]]:
+def scan_regions(pid: int, start: int, end: int, pmap: Optional[PageMap] = None,
+                 **masks) -> List[Tuple[int, int, int]]:
     """PAGEMAP_SCAN on /proc/PID/pagemap, regions merged across ioctl calls."""
     _require_scan()
-    fd = _open_pagemap(pid)
-    try:
-        out = merge_regions(scan_regions_fd(fd, start, end, **masks))
-    except OSError as e:
-        raise _scan_errors(pid, e, start, end) from None
-    finally:
-        os.close(fd)
-    if not process_alive(pid):
-        raise _exited(pid)
-    return out
+    with _pagemap(pid, pmap) as pm:
+        return pm.regions(start, end, **masks)
 
 
 def _vmas_in(pid: int, start: int, end: int) -> List["procfs.Smaps"]:
@@ -420,20 +476,23 @@ def _vmas_in(pid: int, start: int, end: int) -> List["procfs.Smaps"]:
     return [b for b in blocks if b.map.start < end and b.map.end > start]
 
 
-def scan(pid: int, start: int, end: int, facts: Optional[VmaFacts] = None) -> List[PageRun]:
+def scan(pid: int, start: int, end: int, facts: Optional[VmaFacts] = None,
+         pmap: Optional[PageMap] = None) -> List[PageRun]:
     """Merged runs of [start, end) from PAGEMAP_SCAN (KernelFeatureMissing if absent).
 
     With ``facts`` the range is taken as one VMA's; without, smaps is read and each VMA
     overlapping the range is classified with facts_from_smaps (no DAX detection).
+    ``pmap``: an open PageMap of pid to reuse (the caller then checks it is alive).
     """
     known = _require_scan()
-    if facts is not None:
-        return classify(scan_regions(pid, start, end, return_mask=known), facts, known)
-    runs: List[PageRun] = []
-    for b in _vmas_in(pid, start, end):
-        lo, hi = max(start, b.map.start), min(end, b.map.end)
-        runs += classify(scan_regions(pid, lo, hi, return_mask=known), facts_from_smaps(b), known)
-    return runs
+    with _pagemap(pid, pmap) as pm:
+        if facts is not None:
+            return classify(pm.regions(start, end, return_mask=known), facts, known)
+        runs: List[PageRun] = []
+        for b in _vmas_in(pid, start, end):
+            lo, hi = max(start, b.map.start), min(end, b.map.end)
+            runs += classify(pm.regions(lo, hi, return_mask=known), facts_from_smaps(b), known)
+        return runs
 
 
 def huge_small_bytes(pid: int, start: int, end: int, count_zero_page: bool = False) -> Tuple[int, int]:
@@ -456,24 +515,16 @@ def huge_small_many(pid: int, ranges: Sequence[Tuple[int, int]],
         mask |= PAGE_IS_PFNZERO
         inverted = PAGE_IS_PFNZERO
     out = []
-    fd = _open_pagemap(pid)
-    try:
+    with _pagemap(pid, None) as pm:
         for start, end in ranges:
             huge = small = 0
-            try:
-                for s, e, cat in scan_regions_fd(fd, start, end, category_mask=mask, category_inverted=inverted,
-                                                 return_mask=(PAGE_IS_PRESENT | PAGE_IS_HUGE) & known):
-                    if cat & PAGE_IS_HUGE:
-                        huge += e - s
-                    else:
-                        small += e - s
-            except OSError as e:
-                raise _scan_errors(pid, e, start, end) from None
+            for s, e, cat in pm.regions(start, end, category_mask=mask, category_inverted=inverted,
+                                        return_mask=(PAGE_IS_PRESENT | PAGE_IS_HUGE) & known):
+                if cat & PAGE_IS_HUGE:
+                    huge += e - s
+                else:
+                    small += e - s
             out.append((huge, small))
-    finally:
-        os.close(fd)
-    if not process_alive(pid):
-        raise _exited(pid)
     return out
 
 
@@ -604,24 +655,10 @@ def _run_from_state(start: int, end: int, st: tuple) -> PageRun:
     return PageRun(start, end, *st)
 
 
-def fallback_regions(pid: int, start: int, end: int) -> Tuple[array, dict]:
+def fallback_regions(pid: int, start: int, end: int, pmap: Optional[PageMap] = None) -> Tuple[array, dict]:
     """pagemap words of [start, end) (one pread) and kpageflags of their PFNs."""
-    fd = _open_pagemap(pid)
-    try:
-        n = (end - start) // PAGE_SIZE
-        try:
-            data = _pread_all(fd, n * 8, start // PAGE_SIZE * 8)
-        except OSError as e:
-            if e.errno == errno.ESRCH:
-                raise _exited(pid) from None
-            if e.errno in (errno.EPERM, errno.EACCES):
-                raise NotRoot(f"permission denied reading /proc/{pid}/pagemap: run as root") from None
-            raise
-    finally:
-        os.close(fd)
-    entries = _words(data)
-    if len(entries) < n and not process_alive(pid):
-        raise _exited(pid)
+    with _pagemap(pid, pmap) as pm:
+        entries = pm.words(start, end)
     pfns = sorted({e & PM_PFN_MASK for e in entries if e & PM_PRESENT and e & PM_PFN_MASK})
     return entries, _read_kpageflags(pfns)
 
@@ -630,30 +667,33 @@ FALLBACK_CHUNK = 4 << 30     # address space per pread: 8 MiB of pagemap words w
 
 
 def fallback_range(pid: int, start: int, end: int, facts: VmaFacts,
-                   chunk: int = FALLBACK_CHUNK) -> List[PageRun]:
+                   chunk: int = FALLBACK_CHUNK, pmap: Optional[PageMap] = None) -> List[PageRun]:
     """Runs of [start, end) inside one VMA: one pread of pagemap per ``chunk`` of address
     space (so a terabyte VMA does not need gigabytes of buffer), kpageflags for its PFNs."""
     runs: List[PageRun] = []
-    for lo in range(start, end, chunk):
-        hi = min(end, lo + chunk)
-        entries, kflags = fallback_regions(pid, lo, hi)
-        runs += fallback_classify(lo, entries, kflags, facts, soft_dirty_tracked())
+    with _pagemap(pid, pmap) as pm:
+        for lo in range(start, end, chunk):
+            hi = min(end, lo + chunk)
+            entries, kflags = fallback_regions(pid, lo, hi, pm)
+            runs += fallback_classify(lo, entries, kflags, facts, soft_dirty_tracked())
     return merge_runs(runs)
 
 
-def scan_fallback(pid: int, start: int, end: int, facts: Optional[VmaFacts] = None) -> List[PageRun]:
+def scan_fallback(pid: int, start: int, end: int, facts: Optional[VmaFacts] = None,
+                  pmap: Optional[PageMap] = None) -> List[PageRun]:
     """Merged runs of [start, end) from /proc/PID/pagemap + /proc/kpageflags.
 
     With ``facts`` the range is taken as one VMA's; without, each VMA overlapping it is read
     with facts_from_smaps. Pages outside VMAs are skipped, as PAGEMAP_SCAN does.
     """
-    if facts is not None:
-        return fallback_range(pid, start, end, facts)
-    runs: List[PageRun] = []
-    for b in _vmas_in(pid, start, end):
-        lo, hi = max(start, b.map.start), min(end, b.map.end)
-        runs += fallback_range(pid, lo, hi, facts_from_smaps(b))
-    return runs
+    with _pagemap(pid, pmap) as pm:
+        if facts is not None:
+            return fallback_range(pid, start, end, facts, pmap=pm)
+        runs: List[PageRun] = []
+        for b in _vmas_in(pid, start, end):
+            lo, hi = max(start, b.map.start), min(end, b.map.end)
+            runs += fallback_range(pid, lo, hi, facts_from_smaps(b), pmap=pm)
+        return runs
 
 
 def read_runs(pid: int, start: int, end: int, facts: Optional[VmaFacts] = None) -> Tuple[str, List[PageRun]]:

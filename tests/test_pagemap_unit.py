@@ -385,9 +385,20 @@ def test_cli_bad_range_exit_code():
 def test_collect_pid_gone_mid_read_is_process_exited(monkeypatch, smaps):
     from pmemtrace.errors import NoSuchProcess, ProcessExited
 
-    def vanished(pid, lo, hi, facts=None):
+    def vanished(pid, lo, hi, facts=None, pmap=None):
         raise NoSuchProcess(f"no such process: {pid}")
 
+    class OpenPageMap:
+        def __init__(self, pid):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(pm, "PageMap", OpenPageMap)
     monkeypatch.setattr(procfs, "check_pid", lambda pid: "pw")
     monkeypatch.setattr(procfs, "read_smaps", lambda pid: smaps)
     monkeypatch.setattr(pm, "scan", vanished)

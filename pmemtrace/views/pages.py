@@ -293,31 +293,34 @@ def run_table(runs: Sequence[PageRun]) -> List[str]:
 
 def render(console, pid: int, comm: str, source: str,
            sections: Sequence[Section], notes: Sequence[str] = ()) -> None:
+    """Everything as one rich Text, printed once (one print per line took seconds for
+    thousands of VMAs). /proc text goes in through printable(), never as markup."""
     from rich.text import Text
 
-    console.print(Text(f"pid {pid} ({printable(comm)})  source: {source}  "
-                       f"strip: one character per {human(pagemap.pmd_size())}", style="bold"))
-    legend = "  ".join(f"{ch} {name}" for ch, name in STRIP_LEGEND)
-    console.print(Text(f"legend: {legend}"))
+    out = Text()
+    out.append(f"pid {pid} ({printable(comm)})  source: {source}  "
+               f"strip: one character per {human(pagemap.pmd_size())}\n", style="bold")
+    out.append("legend: " + "  ".join(f"{ch} {name}" for ch, name in STRIP_LEGEND) + "\n")
     for note in notes:
-        console.print(Text(f"note: {note}", style="yellow"))
+        out.append(f"note: {note}\n", style="yellow")
     for sec in sections:
         m, lo, hi, runs = sec.block.map, sec.lo, sec.hi, sec.runs
-        console.print()
-        head = Text(f"{m.start:#x}-{m.end:#x} {m.perms} {human(m.size)} {sec.facts.kind}", style="bold cyan")
+        out.append(f"\n{m.start:#x}-{m.end:#x} {m.perms} {human(m.size)} {sec.facts.kind}", style="bold cyan")
         if m.path:
-            head.append(" " + printable(m.path))
+            out.append(" " + printable(m.path))
         if (lo, hi) != (m.start, m.end):
-            head.append(f"  (showing {lo:#x}-{hi:#x})")
-        console.print(head)
+            out.append(f"  (showing {lo:#x}-{hi:#x})")
+        out.append("\n")
         if not walked(sec.block):
-            console.print(Text("  not walked: a VM_PFNMAP mapping (raw PFNs, no pages behind them)"))
+            out.append("  not walked: a VM_PFNMAP mapping (raw PFNs, no pages behind them)\n")
             continue
         for addr, line in strip_lines(runs, lo, hi):
-            console.print(Text(f"  {addr:#014x} {line}"))
+            out.append(f"  {addr:#014x} {line}\n")
         lines = run_table(runs)
-        console.print(Text(lines[0], style="bold"), soft_wrap=True)
-        console.print(Text("\n".join(lines[1:])), soft_wrap=True)
+        out.append(lines[0] + "\n", style="bold")
+        if len(lines) > 1:
+            out.append("\n".join(lines[1:]) + "\n")
+    console.print(out, soft_wrap=True, end="")
 
 
 # ---------------------------------------------------------------- command
@@ -334,16 +337,15 @@ def collect(pid: int, range_spec: Optional[str] = None, vma_addr: Optional[str] 
     source = pagemap.SOURCE_SCAN if pagemap.scan_supported() else pagemap.SOURCE_FALLBACK
     reader = pagemap.scan if source == pagemap.SOURCE_SCAN else pagemap.scan_fallback
     sections = []
-    for t in targets:
-        facts = pagemap.facts_from_smaps(t.block, dax=vma_dax(pid, t.block.map))
-        if not walked(t.block):
-            runs = []
-        else:
-            try:
-                runs = reader(pid, t.lo, t.hi, facts)
-            except NoSuchProcess:
-                raise ProcessExited(f"pid {pid} exited while being read") from None
-        sections.append(Section(t.block, t.lo, t.hi, facts, runs))
+    try:
+        with pagemap.PageMap(pid) as pmap:               # one descriptor for every VMA
+            for t in targets:
+                facts = pagemap.facts_from_smaps(t.block, dax=vma_dax(pid, t.block.map))
+                runs = reader(pid, t.lo, t.hi, facts, pmap=pmap) if walked(t.block) else []
+                sections.append(Section(t.block, t.lo, t.hi, facts, runs))
+            pmap.check_alive()
+    except NoSuchProcess:
+        raise ProcessExited(f"pid {pid} exited while being read") from None
     return comm, source, sections
 
 

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from guestlib import parse_kv
 
 MiB = 1 << 20

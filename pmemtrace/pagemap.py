@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from .errors import KernelFeatureMissing, NoSuchProcess, NotRoot, ProcessExited
+from .errors import BadRange, KernelFeatureMissing, NoSuchProcess, NotRoot, ProcessExited
 from . import procfs
 
 # ---------------------------------------------------------------- uapi: linux/fs.h
@@ -455,7 +455,6 @@ def _scan_errors(pid: int, e: OSError, start: int, end: int):
     if e.errno == errno.EPERM or e.errno == errno.EACCES:
         return NotRoot(f"PAGEMAP_SCAN on pid {pid}: permission denied (run as root)")
     if e.errno == errno.EFAULT:
-        from .errors import BadRange
         return BadRange(f"{start:#x}-{end:#x} is not in the user address space")
     return e
 

@@ -125,6 +125,7 @@ def hugetlb_pools():
     want2 = old2 + HUGETLB_MIB // 2
     try:
         _write(HUGE_2M_POOL, want2)
+        _write("/proc/sys/vm/compact_memory", 1)          # a 1 GiB page needs 1 GiB contiguous
         _write(HUGE_1G_POOL, old1g + 1)
         got2, got1g = _read_int(HUGE_2M_POOL), _read_int(HUGE_1G_POOL)
         assert got2 == want2, f"kernel gave {got2} of {want2} 2 MiB hugetlb pages"

@@ -252,7 +252,9 @@ def facts_from_smaps(block: "procfs.Smaps", dax: bool = False) -> VmaFacts:
         return VmaFacts("hugetlb", block.get("KernelPageSize") or pmd_size())
     if dax:
         return VmaFacts("dax")
-    if m.path.startswith(SHMEM_PATHS) or (m.shared and not m.path):
+    # a private /dev/zero mapping is anonymous memory that still names the device
+    private_zero = m.path.startswith("/dev/zero") and not m.shared
+    if (m.path.startswith(SHMEM_PATHS) and not private_zero) or (m.shared and not m.path):
         return VmaFacts("shmem")
     if m.path.startswith("/") and m.inode:
         return VmaFacts("file")

@@ -48,7 +48,8 @@ def kernel_huge_small(pid, start, end):
                     huge += r.end - r.start
                 else:
                     small += r.end - r.start
-            start = arg.walk_end
+            # a full vector: resume after the last region (6.18 can return a stale walk_end then)
+            start = vec[n - 1].end if n == len(vec) else arg.walk_end
     return huge, small
 
 

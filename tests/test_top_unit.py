@@ -293,6 +293,16 @@ def test_vma_reads_are_budgeted_busiest_first():
     assert rows[2]["dax_vmas"] == 1 and rows[1]["dax_vmas"] is None
 
 
+def test_vma_set_changers():
+    c = aggregate.ProbeCounts()
+    anon = {"type": aggregate.EVENT_MMAP, "tgid": 1, "fd": 2 ** 64 - 1, "flags": 0x22, "ret": 0x7f0000000000}
+    c.events = [anon, dict(anon, tgid=2, fd=3), dict(anon, tgid=3, flags=0x22 | aggregate.MAP_SYNC),
+                {"type": aggregate.EVENT_MUNMAP, "tgid": 4}, {"type": aggregate.EVENT_MUNMAP, "tgid": 2},
+                {"type": aggregate.EVENT_MADVISE, "tgid": 5, "flags": 14}]
+    assert top._vma_set_changers(c) == {2: "add", 3: "add", 4: "unmap"}
+    assert top._syscall_pids(c) == {1, 2, 3, 4, 5}
+
+
 def test_p_mode_exit_raises_process_exited():
     m = top.Model(pid=5, proc_sampler=FakeProcSampler([make_sample([], {})]), vma_sampler=False,
                   vma_cache=FakeVmaCache())

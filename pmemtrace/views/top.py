@@ -138,8 +138,25 @@ def _dax_totals(counts: aggregate.ProbeCounts) -> Dict[str, int]:
 
 
 def _syscall_pids(counts: aggregate.ProbeCounts) -> set:
+    """Processes that mapped, unmapped or madvised: their huge bytes may have dropped."""
     return {e["tgid"] for e in counts.events
             if e.get("type") in (aggregate.EVENT_MMAP, aggregate.EVENT_MUNMAP, aggregate.EVENT_MADVISE)}
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _vma_set_changers(counts: aggregate.ProbeCounts) -> Dict[int, str]:
+    """Processes whose DAX / VM_SYNC VMA counts may have changed: a file mmap (or one with
+    MAP_SYNC) can add such a VMA ('add'); any munmap can remove one ('unmap')."""
+    out: Dict[int, str] = {}
+    for e in counts.events:
+        if e.get("type") == aggregate.EVENT_MMAP and (_signed(e["fd"]) >= 0 or e["flags"] & aggregate.MAP_SYNC):
+            out[e["tgid"]] = "add"
+        elif e.get("type") == aggregate.EVENT_MUNMAP:
+            out.setdefault(e["tgid"], "unmap")
+    return out
 
 
 class VmaCountCache:
@@ -208,7 +225,7 @@ class Model:
             gone_detail, self.detail, self.vmas = self.detail, None, None
         self.vma_cache.forget(s.gone)
         bpf = aggregate.per_process(counts)
-        rows = self._process_rows(s, bpf, touched)
+        rows = self._process_rows(s, bpf, _vma_set_changers(counts))
         for pid in s.gone:                  # names are kept one interval past exit, no longer
             self.comms.pop(pid, None)
         frame = {
@@ -256,7 +273,8 @@ class Model:
         return {"vmstat": dict(vm), "mthp": mthp, "dax": _dax_totals(counts)}
 
     # -- per process
-    def _process_rows(self, s: sampler.Sample, bpf: Dict[int, aggregate.ProcessCounts], touched: set) -> List[dict]:
+    def _process_rows(self, s: sampler.Sample, bpf: Dict[int, aggregate.ProcessCounts],
+                      changers: Dict[int, str]) -> List[dict]:
         rows: Dict[int, dict] = {}
         for d in s.processes:
             rows[d.pid] = {
@@ -317,10 +335,15 @@ class Model:
             t = s.current.get(r["pid"])
             vc = None
             if t is not None:
-                vc = self.vma_cache.peek(r["pid"], t.starttime, r["pid"] in touched)
+                vc = self.vma_cache.peek(r["pid"], t.starttime)
+                # an unmap can only lower counts that are not zero already
+                dirty = changers.get(r["pid"]) == "add" or (changers.get(r["pid"]) == "unmap" and vc is not None
+                                                            and (vc.dax or vc.vm_sync))
+                if dirty:
+                    vc = None
                 if vc is None and budget > 0:
                     budget -= 1
-                    vc = self.vma_cache.get(r["pid"], t.starttime, r["pid"] in touched)
+                    vc = self.vma_cache.get(r["pid"], t.starttime, dirty)
                     if self.procs.tick is not None:
                         self.procs.tick()
             r["dax_vmas"] = vc.dax if vc else None

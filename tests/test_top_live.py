@@ -381,3 +381,42 @@ def test_fork_churn(bins, mode):
     assert [f["lost_events"] for f in frames] == [0] * len(frames)
     assert rss_late - rss_early < 16 * 1024, (rss_early, rss_late)
     assert_unloaded(top)
+
+
+def raw_tracepoints_of(pid):
+    """tp_name of every raw tracepoint link held by pid (fdinfo)."""
+    names = set()
+    for name in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{name}") as f:
+                for line in f:
+                    if line.startswith("tp_name:"):
+                        names.add(line.split()[1])
+        except OSError:
+            pass
+    return names
+
+
+@pytest.mark.parametrize("mode", ["default", "exact"])
+def test_only_exact_mode_probes_the_fault_path(bins, mode):
+    """Default top: no BPF program on the page-fault path (per-fault tracepoints), only rare
+    paths; --exact: the two raw tracepoints that attribute THP faults by address."""
+    from pmemtrace import loader
+    from pmemtrace.views import top as view
+    extra = ["--exact"] if mode == "exact" else []
+    t = Top(1, 3, "--json", *extra)
+    try:
+        t.frame()
+        raw = raw_tracepoints_of(t.proc.pid)
+        t.finish()
+    finally:
+        t.kill()
+    usable, _, _ = loader.plan(view.features_for(mode == "exact", None))
+    classic = {a.id for a in usable if not a.raw}
+    fault_path = {"exceptions:page_fault_user", "exceptions:page_fault_kernel", "memcg:count_memcg_events"}
+    assert not classic & fault_path
+    if mode == "default":
+        assert raw == set()
+    else:
+        assert raw == {"page_fault_user", "count_memcg_events"}
+    assert_unloaded(t)

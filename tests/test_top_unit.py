@@ -303,11 +303,26 @@ def test_vma_set_changers():
     assert top._syscall_pids(c) == {1, 2, 3, 4, 5}
 
 
-def test_p_mode_exit_raises_process_exited():
-    m = top.Model(pid=5, proc_sampler=FakeProcSampler([make_sample([], {})]), vma_sampler=False,
+def test_p_mode_exit_raises_process_exited_with_its_last_counts():
+    m = top.Model(pid=5, exact=True, proc_sampler=FakeProcSampler([make_sample([], {})]), vma_sampler=False,
                   vma_cache=FakeVmaCache())
     with pytest.raises(ProcessExited):
         m.step(aggregate.ProbeCounts())
+
+    class LastVmas:
+        prev = vma_fixture("after")
+    thp = next(v for v in LastVmas.prev if v.end - v.start == 64 * MIB)
+    m = top.Model(pid=5, exact=True, proc_sampler=FakeProcSampler([make_sample([], {}, gone=[5])]),
+                  vma_sampler=LastVmas(), vma_cache=FakeVmaCache())
+    counts = aggregate.ProbeCounts()
+    counts.thp_faults[(5, thp.start)] = 3
+    counts.comms[5] = "w"
+    with pytest.raises(ProcessExited) as e:
+        m.step(counts)
+    final = e.value.frame
+    assert final["exited"] and final["pid"] == 5
+    assert [(r["pid"], r["huge_faults"], r["exited"]) for r in final["processes"]] == [(5, 3, True)]
+    assert [(v["start"], v["huge_faults"]) for v in final["vmas"]] == [(thp.start, 3)]
 
 
 def test_vma_count_cache_refresh():

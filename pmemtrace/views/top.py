@@ -219,7 +219,9 @@ class Model:
         touched = _syscall_pids(counts)
         s = self.procs.sample(also_read=touched)
         if self.pid is not None and self.pid not in s.current:
-            raise ProcessExited(f"pid {self.pid} exited")
+            err = ProcessExited(f"pid {self.pid} exited")
+            err.frame = self._final_frame(s, counts)
+            raise err
         gone_detail = None
         if self.detail is not None and self.detail not in s.current:
             gone_detail, self.detail, self.vmas = self.detail, None, None
@@ -248,6 +250,29 @@ class Model:
         if gone_detail is not None:
             frame["detail_exited"] = gone_detail
         return frame
+
+    def _final_frame(self, s: sampler.Sample, counts: aggregate.ProbeCounts) -> dict:
+        """The -p process is gone: what the probes still counted for it in its last interval
+        (by tgid and by address in the VMAs it had), for the plain and JSON outputs."""
+        rows = self._process_rows(s, aggregate.per_process(counts), {})
+        vmas = []
+        prev = getattr(self.vmas, "prev", None)
+        if prev:
+            index = aggregate.VmaIndex((v.start, v.end) for v in prev)
+            bpf = aggregate.per_vma(counts, self.pid, index, kernel.pmd_size())
+            for v in prev:
+                vc = bpf.get(v.start)
+                if vc is not None:
+                    vmas.append(self._vma_row(v.start, v.end, v.perms, backing(v.path, v.perms), 0, 0,
+                                              vc.faults, vc.huge_faults, "none", "sf" in v.vmflags, vc))
+            if aggregate.UNMAPPED in bpf:
+                vc = bpf[aggregate.UNMAPPED]
+                vmas.append(self._vma_row(None, None, "", aggregate.UNMAPPED, 0, 0, vc.faults, vc.huge_faults,
+                                          "none", False, vc))
+        return {"time": round(s.time, 3), "interval": round(s.seconds, 3),
+                "mode": "exact" if self.exact else "default", "lost_events": counts.lost,
+                "system": self._system(s, counts), "processes": rows, "pid": self.pid, "vmas": vmas,
+                "exited": True}
 
     def select(self, pid: Optional[int]) -> None:
         """Show the VMAs of pid from the next interval on (None: back to the process list)."""
@@ -697,14 +722,24 @@ def _loop_lines(model, probes, interval, count, maxrows, state, as_json, out) ->
     while count is None or n < count:
         deadline += interval
         _wait(probes, deadline)
-        frame = model.step(probes.snapshot())
+        try:
+            frame = model.step(probes.snapshot())
+        except ProcessExited as e:
+            final = getattr(e, "frame", None)
+            if final is not None and (final["processes"] or final["vmas"]):
+                _emit(out, final, state, maxrows, as_json)
+            raise
         n += 1
-        if as_json:
-            out.write(json_line(frame) + "\n")
-        else:
-            rows, vmas = visible(frame, state, maxrows)
-            out.write("\n".join(plain_lines(frame, rows, vmas)) + "\n")
-        out.flush()
+        _emit(out, frame, state, maxrows, as_json)
+
+
+def _emit(out, frame, state, maxrows, as_json) -> None:
+    if as_json:
+        out.write(json_line(frame) + "\n")
+    else:
+        rows, vmas = visible(frame, state, maxrows)
+        out.write("\n".join(plain_lines(frame, rows, vmas)) + "\n")
+    out.flush()
 
 
 def _loop_tty(model, probes, interval, count, noclear, maxrows, state, out) -> None:

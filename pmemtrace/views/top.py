@@ -6,6 +6,24 @@ from /proc/vmstat; BPF only watches rare paths (DAX faults, mmap/munmap/madvise,
 `--exact` adds the loader's "thp" feature: every THP fault attributed to its tgid and
 address in kernel maps, so a process that exits keeps its counts.
 
+What each process row means (counts per interval in JSON and plain lines, per second on
+the screen):
+  faults       minflt + majflt of the whole process (/proc/PID/stat)
+  huge_faults  default: PMD-mapped bytes gained (smaps_rollup) / PMD size, hugetlb bytes
+               gained / hugetlb page size, plus DAX PMD faults; --exact: THP fault
+               allocations counted in BPF by tgid (plus DAX PMD faults)
+  fallbacks    DAX PMD faults that fell back to PTEs; anonymous THP fallbacks are only
+               known system-wide (header), so without the DAX probe this is null
+  huge_share   bytes mapped huge / resident bytes (hugetlb included)
+  dax_vmas, vm_sync_vmas  from smaps (VmFlags 'sf') and statx; re-read every 10 s, or after
+               a file / MAP_SYNC mmap; at most 32 processes an interval (busiest first),
+               the others null until their turn
+"(exited)": what /proc/vmstat counted (pgfault, thp_fault_alloc) beyond the live
+processes' deltas: processes that exited before the sample took their last faults with
+them. It also holds THPs a live process freed and faulted again within one interval and
+the skew of reading many files at slightly different times. With --exact, THP faults of
+exited processes stay on their own pid rows (BPF counts by tgid), marked exited.
+
 Data flows: ProcSampler / VmaSampler + Probes.snapshot() -> Model.step() -> a frame (a
 JSON-ready dict) -> one of three renderers: rich screen (TTY), plain lines, JSON lines.
 Key handling is a pure function (handle_key); the loop only waits, reads and renders.

@@ -123,8 +123,9 @@ def pytest_terminal_summary(terminalreporter):
         if isinstance(r, Exception):
             tr.line(f"{name}: fetch failed: {str(r).splitlines()[0]}")
             continue
-        n = len(r.results)
-        passed = sum(1 for v in r.results.values() if v["outcome"] == "passed")
+        from collections import Counter
+        outcomes = Counter(v["outcome"] for v in r.results.values())
         tr.line(f"{name} {r.kernel.abi}: fetch {r.kernel.fetch_seconds:.0f}s, guest {r.wall_seconds:.0f}s "
-                f"(qemu rc={r.rc}{', TIMED OUT' if r.timed_out else ''}), {passed}/{n} guest tests passed; "
-                f"logs {r.out}")
+                f"(qemu rc={r.rc}{', TIMED OUT' if r.timed_out else ''}), guest tests: "
+                + (", ".join(f"{n} {o}" for o, n in sorted(outcomes.items())) or "none")
+                + f"; logs {r.out}")

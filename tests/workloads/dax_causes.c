@@ -15,6 +15,8 @@
 // past_eof    3 MiB file, 4 MiB mapped (aligned), 3 MiB touched -> 2nd block crosses EOF
 // cow         4 MiB file mapped MAP_PRIVATE, written          -> write to a private mapping
 // nohuge      4 MiB file, MADV_NOHUGEPAGE                     -> no PMD attempt at all
+// An argument naming a character device (/dev/daxX.Y) instead of a directory maps 64 MiB of
+// it MAP_SYNC at a 2 MiB-aligned address as one VMA named devdax (-> 32 PMD-size faults).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -23,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define MB (1UL << 20)
@@ -101,18 +104,38 @@ static struct vma *setup(const char *dir) {
     return v;
 }
 
+static struct vma *setup_devdax(const char *dev, int *n) {
+    struct vma *v = calloc(1, sizeof *v);
+    v->name = "devdax"; v->dir = dev; v->len = v->touch = 64 * MB;
+    snprintf(v->file, sizeof v->file, "%s", dev);
+    int fd = open(dev, O_RDWR);
+    if (fd < 0) { fprintf(stderr, "open %s: %s\n", dev, strerror(errno)); exit(1); }
+    map(v, fd, 0, MAP_SHARED_VALIDATE | MAP_SYNC);
+    *n = 1;
+    return v;
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2) { fprintf(stderr, "usage: %s DIR...\n", argv[0]); return 2; }
+    if (argc < 2) { fprintf(stderr, "usage: %s DIR|/dev/daxX.Y...\n", argv[0]); return 2; }
     setvbuf(stdout, NULL, _IOLBF, 0);
     int nd = argc - 1;
     struct vma **sets = calloc(nd, sizeof *sets);
-    for (int d = 0; d < nd; d++) sets[d] = setup(argv[d + 1]);
+    int *counts = calloc(nd, sizeof *counts);
+    for (int d = 0; d < nd; d++) {
+        struct stat st;
+        if (stat(argv[d + 1], &st) == 0 && S_ISCHR(st.st_mode))
+            sets[d] = setup_devdax(argv[d + 1], &counts[d]);
+        else {
+            sets[d] = setup(argv[d + 1]);
+            counts[d] = NV;
+        }
+    }
     printf("MAPPED\n");
 
     char line[64];
     if (!fgets(line, sizeof line, stdin)) { }
     for (int d = 0; d < nd; d++)
-        for (int i = 0; i < NV; i++)
+        for (int i = 0; i < counts[d]; i++)
             for (size_t off = 0; off < sets[d][i].touch; off += 4096) sets[d][i].addr[off] = (char)i;
     printf("TOUCHED\n");
     while (fgets(line, sizeof line, stdin)) { }

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parents[3]
+TRACEFS = Path("/sys/kernel/tracing")
 
 TRACEFS = Path("/sys/kernel/tracing")
 
@@ -29,14 +30,16 @@ def run_workload(exe, *args, check=True):
 class TraceInstance:
     """A private tracefs instance with a chosen set of events; counts dax results by name."""
 
-    def __init__(self, name, events):
+    def __init__(self, name, events, pid=None, buffer_kb=16384):
         self.dir = TRACEFS / "instances" / name
         if self.dir.exists():
             self.dir.rmdir()
         self.dir.mkdir()
-        (self.dir / "buffer_size_kb").write_text("8192")
+        (self.dir / "buffer_size_kb").write_text(str(buffer_kb))
         self.events = events
         for ev in events:
+            if pid is not None:    # only the workload: the BPF compile's own faults would flood it
+                (self.dir / "events" / ev / "filter").write_text(f"common_pid == {pid}")
             (self.dir / "events" / ev / "enable").write_text("1")
 
     def lines(self):
@@ -62,7 +65,7 @@ class TraceInstance:
         """Set of 2 MiB-aligned fault addresses of `event` lines (optionally with that result)."""
         out = set()
         for ln in self.event_lines(event, comm):
-            m = re.search(r"address (0x[0-9a-f]+)", ln)
+            m = re.search(r"address[= ](0x[0-9a-f]+)", ln)
             if m and (result is None or ln.split()[-1] == result):
                 out.add(int(m.group(1), 16) & ~((2 << 20) - 1))
         return out
@@ -71,7 +74,7 @@ class TraceInstance:
         """Counter of results of `event` lines whose fault address is in [lo, hi)."""
         c = Counter()
         for ln in self.event_lines(event, comm):
-            m = re.search(r"address (0x[0-9a-f]+)", ln)
+            m = re.search(r"address[= ](0x[0-9a-f]+)", ln)
             if m and lo <= int(m.group(1), 16) < hi:
                 c[ln.split()[-1]] += 1
         return c
@@ -82,6 +85,38 @@ class TraceInstance:
         for ln in self.event_lines(event, comm):
             c[ln.split()[-1]] += 1
         return c
+
+
+def append_line(path, line):
+    """Append one line to a tracefs control file. Not open(..., "a"): Python seeks to the end
+    on opening for append, and tracefs seq files refuse SEEK_END with EINVAL."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+class Kprobes:
+    """kprobe events defined in tracefs for the lifetime of a test (group pmtdax)."""
+
+    def __init__(self, *defs):
+        self.names = []
+        for d in defs:            # e.g. "p:pmtdax/devdax_fault dev_dax_huge_fault arg=%si:u32"
+            try:
+                append_line(TRACEFS / "kprobe_events", d)
+            except OSError as e:
+                log = (TRACEFS / "error_log").read_text()[-600:] if (TRACEFS / "error_log").exists() else ""
+                self.close()
+                raise OSError(e.errno, f"{d!r}: {e.strerror}; tracefs error_log: {log}") from None
+            self.names.append(d.split()[0].split(":", 1)[1])
+
+    def close(self):
+        for n in self.names:
+            try:
+                append_line(TRACEFS / "kprobe_events", f"-:{n}")
+            except OSError:
+                pass
 
 
 class HeldWorkload:
@@ -191,6 +226,9 @@ def observe(workload, duration=8):
     out, err = rep.communicate(timeout=duration + 120)
     assert rep.returncode == 0, f"rc={rep.returncode}\n{err[-3000:]}"
     data = json.loads(out)
+    if os.path.isdir("/out"):     # the host's 9p share: keep what pmemtrace said, for diagnosis
+        with open(f"/out/report-duration-{workload.pid}.json", "w") as f:
+            f.write(out)
     assert data["lost_events"] == 0, f"pmemtrace lost {data['lost_events']} events"
     return data
 

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from guestlib import HeldWorkload, TraceInstance, columns, observe, parse_kv, vma_at
+from guestlib import HeldWorkload, Kprobes, TraceInstance, columns, observe, parse_kv, vma_at
 from pmemtrace import daxcause
 
 MiB = 1 << 20
@@ -26,35 +26,63 @@ CAUSES = {
 }
 
 
+DEVDAX_KPROBES = ("p:pmtdax/devdax_fault dev_dax_huge_fault arg=%si:u32",
+                  "r:pmtdax/devdax_ret dev_dax_huge_fault ret=$retval:x32")
+
+
 @pytest.fixture(scope="session")
 def observed(setup_facts, dax_causes):
-    """fs -> {vma name: (report row, tracefs pmd results, tracefs pte results, length)}."""
+    """fs -> {vma name: (report row, tracefs pmd results, tracefs pte results, length)}, plus
+    "faults" -> {(fs, name): user page faults in that VMA} and "devdax" -> (row, kprobe lines)."""
     dirs = {}
     for fs in FILESYSTEMS:
         if f"fsdax-{fs}" not in setup_facts:
             pytest.fail(f"stage2 did not set up fs-dax {fs} (see guest.log)")
         dirs[fs] = os.path.join(setup_facts[f"fsdax-{fs}"][1], "causes")
         os.makedirs(dirs[fs], exist_ok=True)
-    t = TraceInstance(f"pmtcauses{os.getpid()}", ["fs_dax/dax_pmd_fault_done", "fs_dax/dax_pte_fault_done",
-                                                 "fs_dax/dax_insert_pfn_mkwrite"])
+    args = list(dirs.values())
+    if "devdax" in setup_facts:
+        args.append(setup_facts["devdax"][0])
+    events = ["fs_dax/dax_pmd_fault_done", "fs_dax/dax_pte_fault_done", "fs_dax/dax_insert_pfn_mkwrite",
+              "exceptions/page_fault_user"]
+    kp = None
     try:
-        with HeldWorkload(dax_causes, *dirs.values(), waits=True) as w:
+        kp = Kprobes(*DEVDAX_KPROBES)
+        events += ["pmtdax/devdax_fault", "pmtdax/devdax_ret"]
+    except OSError as e:       # truth for device-dax unavailable: its tests fail with this
+        kprobe_error = f"kprobe on dev_dax_huge_fault: {e}"
+    else:
+        kprobe_error = None
+    t = None
+    try:
+        with HeldWorkload(dax_causes, *args, waits=True) as w:
+            t = TraceInstance(f"pmtcauses{os.getpid()}", events, pid=w.pid)
             data = observe(w)
             vmas = [parse_kv(ln) for ln in w.all_lines if ln.startswith("VMA ")]
         out = {fs: {} for fs in FILESYSTEMS}
-        mkwrite = {}
+        mkwrite, faults = {}, {}
         for kv in vmas:
-            fs = next(f for f, d in dirs.items() if d == kv["dir"])
             a, n = int(kv["addr"], 16), int(kv["len"])
+            fs = next((f for f, d in dirs.items() if d == kv["dir"]), "devdax")
+            faults[(fs, kv["name"])] = sum(t.in_range("page_fault_user", a, a + n, comm="dax_causes").values())
+            if fs == "devdax":
+                out["devdax"] = (vma_at(data, a), kprobe_error or list(t.event_lines("devdax_fault", "dax_causes")),
+                                 kprobe_error or list(t.event_lines("devdax_ret", "dax_causes")), n)
+                continue
             out[fs][kv["name"]] = (vma_at(data, a), t.in_range("dax_pmd_fault_done", a, a + n, comm="dax_causes"),
                                    t.in_range("dax_pte_fault_done", a, a + n, comm="dax_causes"), n)
             mkwrite[(fs, kv["name"])] = sum(t.in_range("dax_insert_pfn_mkwrite", a, a + n, comm="dax_causes").values())
     finally:
-        t.close()
+        if t:
+            t.close()
+        if kp:
+            kp.close()
     for d in dirs.values():
         for f in os.listdir(d):
             os.unlink(os.path.join(d, f))
     out["mkwrite"] = mkwrite
+    out["faults"] = faults
+    out["probes_missing"] = data.get("probes_missing", {})
     return out
 
 
@@ -133,3 +161,47 @@ def test_map_sync_latency_histogram(observed, fs):
     hist = row.get("map_sync_latency_log2_ns")
     assert hist is not None, "report --duration has no map_sync_latency_log2_ns"
     assert sum(hist.values()) == 32, hist
+
+
+SCENARIOS = ["sync_first", "sync_again", *CAUSES, "nohuge"]
+
+
+@pytest.mark.parametrize("fs", FILESYSTEMS)
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_faults_column_is_user_page_faults(observed, fs, name):
+    """The per-VMA `faults` column equals exceptions:page_fault_user in that VMA's range."""
+    row = observed[fs][name][0]
+    known_gap_without_memcg_tracepoint(observed, row["faults"], observed["faults"][(fs, name)])
+    assert row["faults"] == observed["faults"][(fs, name)]
+
+
+def known_gap_without_memcg_tracepoint(observed, got, want):
+    """Known pmemtrace gap (reported to the lead): on kernels without memcg:count_memcg_events
+    (6.1) report --duration counts no page faults at all although exceptions:page_fault_user
+    exists, and probes_missing mentions only the THP attribution. Expected to fail until fixed;
+    passes by itself once the column is right."""
+    if got != want and "memcg:count_memcg_events" in observed["probes_missing"] and got == 0:
+        pytest.xfail("report --duration `faults` is 0 when memcg:count_memcg_events is absent (6.1)")
+
+
+def test_devdax_pmd_faults_seen_as_faults(observed, kernel_version):
+    """/dev/dax0.0, 64 MiB MAP_SYNC, 2 MiB aligned: the kernel takes 32 PMD-size device-dax
+    faults (kprobe on dev_dax_huge_fault: size argument PMD, result NOPAGE), and without
+    device-dax tracepoints pmemtrace still counts the 32 user page faults on that VMA."""
+    if "devdax" not in observed:
+        pytest.fail("no device-dax VMA (stage2 made no /dev/daxX.Y)")
+    row, calls, rets, n = observed["devdax"]
+    assert not isinstance(calls, str), calls
+    pmd = "9" if kernel_version >= (6, 6) else "1"     # order 9 (6.6+) or enum PE_SIZE_PMD
+    assert [ln.split("arg=")[-1] for ln in calls] == [pmd] * 32, calls[:3]
+    assert [ln.split("ret=")[-1] for ln in rets] == ["0x100"] * 32, rets[:3]
+    assert row["dax"] == "devdax"
+    known_gap_without_memcg_tracepoint(observed, row["faults"], 32)
+    assert row["faults"] == 32
+
+
+@pytest.mark.xfail(strict=True, reason="report --duration has no device-dax PMD fault count yet "
+                   "(kprobe on dev_dax_huge_fault where the kernel has kprobes)")
+def test_devdax_pmd_fault_column(observed):
+    row = observed["devdax"][0]
+    assert row["dax_pmd_faults"] == 32

@@ -250,7 +250,8 @@ def process_deltas(prev: Dict[int, Tracked], stats: Dict[int, StatLine],
             old = None
         if old is None:
             if baseline:
-                huge = read_huge(pid) or HugeBytes()
+                small_rss = st.rss_pages * kernel.PAGE_SIZE
+                huge = HugeBytes(rss=small_rss) if small_rss < pmd else (read_huge(pid) or HugeBytes())
                 state[pid] = Tracked(pid, st.starttime, st.comm, st.faults, huge)
                 continue
             old = Tracked(pid, st.starttime, st.comm, 0, HugeBytes())
@@ -263,7 +264,9 @@ def process_deltas(prev: Dict[int, Tracked], stats: Dict[int, StatLine],
         # (hugetlb pages are not in RSS: a process with only hugetlb would be read anyway
         # once its small RSS grows; see the docs).
         tiny = st.rss_pages * kernel.PAGE_SIZE < pmd and old.huge.huge == 0 and pid not in also
-        if moved and not tiny:
+        if moved and tiny:
+            huge = HugeBytes(rss=st.rss_pages * kernel.PAGE_SIZE)
+        elif moved:
             got = read_huge(pid)
             if got is not None:
                 huge = got

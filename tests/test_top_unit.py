@@ -97,6 +97,16 @@ def test_unmoved_process_is_not_reread():
     assert reads == [before.pid] and deltas == []
 
 
+def test_process_smaller_than_a_pmd_is_never_read():
+    before = stat("before")                 # 339 resident pages: nothing can be PMD-mapped
+    assert before.rss_pages * kernel.PAGE_SIZE < PMD
+    reads = []
+    state, _, _ = sampler.process_deltas({}, {before.pid: before}, lambda p: reads.append(p), PMD, PMD, baseline=True)
+    moved = sampler.StatLine(before.pid, before.comm, before.faults + 7, before.starttime, before.rss_pages, False)
+    _, deltas, _ = sampler.process_deltas(state, {before.pid: moved}, lambda p: reads.append(p), PMD, PMD)
+    assert reads == [] and [(d.faults, d.huge_faults) for d in deltas] == [(7, 0)]
+
+
 def test_new_process_counts_everything_and_pid_reuse_is_new():
     after = stat("after")
     _, deltas, _ = sampler.process_deltas({}, {after.pid: after}, lambda p: rollup("after"), PMD, PMD)

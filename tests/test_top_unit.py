@@ -206,6 +206,8 @@ def test_sort_rows():
     assert [r["pid"] for r in top.sort_rows(rows, "fallbacks")] == [1, 2, 3]       # unknown last
     with pytest.raises(PmemtraceError):
         top.check_sort_key("nope")
+    from pmemtrace import cli
+    assert cli.TOP_SORT_KEYS == top.SORT_KEYS          # the CLI's choices are the view's columns
 
 
 # ----------------------------------------------------------------- model with fakes

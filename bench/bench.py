@@ -36,6 +36,7 @@ PYTHON = sys.executable
 TOUCHER = os.path.join(ROOT, "tests", "workloads", "top_toucher.c")
 BPFTRACE_PROG = "tracepoint:exceptions:page_fault_user { @[pid] = count(); }"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SETTLE = 1.0            # seconds between stopping a tracer and the next untraced phase
 
 
 def build(tmp):
@@ -118,6 +119,8 @@ def throughput(toucher, workloads, configs, seconds, rounds, log):
     ratios = {(w, c, k): [] for w in workloads for c in configs for k in ("wall", "cpu")}
     lost = dict.fromkeys(configs, 0)
     base = {w: [] for w in workloads}
+    for w in workloads:
+        run_workload(toucher, w, 1)           # warm-up: page cache, allocator state
     for r in range(rounds):
         for w in workloads:
             before = run_workload(toucher, w, seconds)
@@ -128,6 +131,7 @@ def throughput(toucher, workloads, configs, seconds, rounds, log):
                     traced = run_workload(toucher, w, seconds)
                 finally:
                     lost[c] += t.stop()
+                time.sleep(SETTLE)                # let the tracer's teardown (unload, exit) finish
                 after = run_workload(toucher, w, seconds)
                 base[w].append(after[0])
                 wall = traced[0] / ((before[0] + after[0]) / 2)

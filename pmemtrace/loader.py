@@ -59,13 +59,14 @@ ATTACHMENTS: Dict[str, Tuple[Attachment, ...]] = {
     "mincore": (Attachment("syscalls", "sys_enter_mincore", False, ("start", "len", "vec")),
                 Attachment("syscalls", "sys_exit_mincore", False, ("ret",))),
 }
-ATTACHMENTS["faults"] = ATTACHMENTS["thp"]
+ATTACHMENTS["faults"] = ATTACHMENTS["thp"][:1]      # page_fault_user alone
 SOURCES = {"thp": "faults.c", "faults": "faults.c", "dax": "dax.c", "syscalls": "syscalls.c",
            "mincore": "syscalls.c"}
 
 # uapi constants (stable ABI, include/uapi/asm-generic/mman-common.h)
 MADV = {"MADV_HUGEPAGE_NR": 14, "MADV_NOHUGEPAGE_NR": 15, "MADV_COLLAPSE_NR": 25}
-MAP_SIZES = {"THP_MAP_ENTRIES": 65536, "FAULT_MAP_ENTRIES": 262144, "MINCORE_VEC_WORDS": 512}
+MAP_SIZES = {"THP_MAP_ENTRIES": 65536, "FAULT_MAP_ENTRIES": 262144, "DAX_MAP_ENTRIES": 131072,
+             "MINCORE_VEC_WORDS": 512}
 
 
 def probes_dir() -> str:
@@ -132,14 +133,21 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
         raise ValueError("the 'faults' feature counts every fault and needs a pid")
     usable, formats, missing = plan(features, tracefs)
     have = {a.id for a in usable}
-    # the THP attribution needs both raw tracepoints
-    for feature in ("thp", "faults"):
-        if feature in features and not all(a.id in have for a in ATTACHMENTS[feature]):
-            usable = [a for a in usable if a not in ATTACHMENTS[feature]]
     enums = resolve_enums() if enums is None else enums
-    if any(f in features for f in ("thp", "faults")) and enums.get("THP_FAULT_ALLOC_ITEM", -1) < 0:
-        missing["btf:THP_FAULT_ALLOC"] = "enum value not found in BTF: no per-address THP fault attribution"
-        usable = [a for a in usable if not a.raw]
+    # THP attribution needs both raw tracepoints and THP_FAULT_ALLOC's value; the per-page
+    # fault count needs only page_fault_user
+    pfu, memcg = ATTACHMENTS["thp"]
+    thp_attribution = ("thp" in features and pfu.id in have and memcg.id in have
+                       and enums.get("THP_FAULT_ALLOC_ITEM", -1) >= 0)
+    if "thp" in features and not thp_attribution:
+        if pfu.id in have and memcg.id in have:
+            missing["btf:THP_FAULT_ALLOC"] = "enum value not found in BTF: no per-address THP fault attribution"
+        elif pfu.id in have:
+            missing.setdefault(memcg.id, "absent on this kernel")
+            missing[memcg.id] += ": no per-address THP fault attribution (faults are still counted)"
+    faults_counted = "faults" in features and pfu.id in have
+    usable = [a for a in usable if a is not memcg or thp_attribution]
+    usable = [a for a in usable if a is not pfu or thp_attribution or faults_counted]
     if "dax" in features and min(enums.get(k, -1) for k in
                                  ("VM_FAULT_NOPAGE_BIT", "VM_FAULT_FALLBACK_BIT", "VM_FAULT_NEEDDSYNC_BIT")) < 0:
         missing["btf:VM_FAULT_*"] = "enum values not found in BTF: no DAX fault outcomes"
@@ -150,7 +158,10 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
     if pid is not None:
         defines.append(f"#define PID_FILTER {int(pid)}")
     for feature in features:
-        defines.append(f"#define FEATURE_{feature.upper()} 1")
+        if feature != "faults" or faults_counted:
+            defines.append(f"#define FEATURE_{feature.upper()} 1")
+    if thp_attribution:
+        defines.append("#define THP_ATTRIBUTION 1")
     structs = []
     for att in usable:
         if not att.raw:
@@ -216,7 +227,7 @@ class Probes:
                 self.bpf.attach_tracepoint(tp=att.id, fn_name=f"on_{att.event}")
             for table, handler in (("dax_events", self._on_dax_event), ("syscall_events", self._on_syscall_event)):
                 if self._has_table(table):
-                    self.bpf[table].open_perf_buffer(handler, page_cnt=64, lost_cb=self._on_lost)
+                    self.bpf[table].open_perf_buffer(handler, page_cnt=512, lost_cb=self._on_lost)
         except Exception as e:
             self.close()
             raise ProbeLoadFailed(f"attaching probes failed: {e}") from None

@@ -148,6 +148,9 @@ def classify_thp(backing: str, dax: str, vmflags: frozenset, smaps_eligible: Opt
     if backing == "hugetlb":
         return False, "hugetlb: mapped with huge pages from the hugetlb pool, not THP"
     if dax != "none":
+        if "nh" in vmflags:
+            return False, ("DAX with MADV_NOHUGEPAGE (VmFlags nh): the kernel makes no PMD attempt, "
+                           "every fault maps 4 KiB")
         return False, ("DAX: no THP; PMD mappings need 2 MiB alignment of address and file offset "
                        "and 2 MiB extents (see --duration for fallbacks)")
     if backing == "special":

@@ -18,7 +18,7 @@ struct dax_key {
 	u32 outcome;
 	u64 vm_start;
 };
-BPF_HASH(dax_counts, struct dax_key, u64, 16384);
+BPF_HASH(dax_counts, struct dax_key, u64, DAX_MAP_ENTRIES);
 BPF_PERF_OUTPUT(dax_events);
 
 /* 2 MiB file ranges that had a 4 KiB entry: (dev, ino, pgoff / 512). */
@@ -119,16 +119,15 @@ int on_dax_pte_fault_done(struct tp_fs_dax__dax_pte_fault_done *args)
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (!pid_wanted(tgid))
 		return 0;
-	/* dax_pte_fault_done has no vm_start: key by the 2 MiB block of the address
-	 * (bounded map size); user space resolves the block to its VMA. */
+	/* dax_pte_fault_done has no vm_start: key by page; user space finds the VMA */
 	u64 page = args->address & ~0xfffULL;
 	if (args->result & VM_FAULT_NEEDDSYNC_BIT) {
-		dax_count(tgid, page & PMD_MASK_ADDR, DAX_PTE_NEEDDSYNC);
+		dax_count(tgid, page, DAX_PTE_NEEDDSYNC);
 		struct dsync_key k = { .tgid = tgid, .address = page };
 		struct dsync_val v = { .ts = bpf_ktime_get_ns(), .vm_start = 0 };
 		dsync_start.update(&k, &v);
 	} else {
-		dax_count(tgid, page & PMD_MASK_ADDR, DAX_PTE);
+		dax_count(tgid, page, DAX_PTE);
 	}
 	return 0;
 }
@@ -140,7 +139,7 @@ int on_dax_load_hole(struct tp_fs_dax__dax_load_hole *args)
 	remember_pte(args->dev, args->ino, args->pgoff);
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (pid_wanted(tgid))
-		dax_count(tgid, args->address & PMD_MASK_ADDR, DAX_LOAD_HOLE);
+		dax_count(tgid, args->address & ~0xfffULL, DAX_LOAD_HOLE);
 	return 0;
 }
 #endif
@@ -178,7 +177,7 @@ int on_dax_insert_pfn_mkwrite(struct tp_fs_dax__dax_insert_pfn_mkwrite *args)
 		k.address = args->address & ~0xfffULL;
 		v = dsync_start.lookup(&k);
 	}
-	u64 vm_start = args->address & PMD_MASK_ADDR;
+	u64 vm_start = args->address & ~0xfffULL;
 	if (v) {
 		u64 delta = now - v->ts;
 		if (v->vm_start)

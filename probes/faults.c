@@ -8,8 +8,10 @@
  * may sleep and resume on another CPU. The task pointer is only handed to the
  * storage helper, never dereferenced.
  *
- * FEATURE_FAULTS  (needs PID_FILTER): every fault counted per 4 KiB page.
- * FEATURE_THP:    THP fault allocations counted per (tgid, PMD address).
+ * FEATURE_FAULTS  (needs PID_FILTER): every fault counted per 4 KiB page
+ *                 (page_fault_user alone: works where the memcg tracepoint is absent).
+ * THP_ATTRIBUTION (the loader defines it when both tracepoints and the BTF enum
+ *                 value exist): THP fault allocations counted per (tgid, PMD address).
  */
 struct fault_stash {
 	u64 address;
@@ -36,11 +38,12 @@ RAW_TRACEPOINT_PROBE(page_fault_user)
 	u64 id = bpf_get_current_pid_tgid();
 	if (!pid_wanted(id >> 32))
 		return 0;
+#ifdef THP_ATTRIBUTION
 	struct fault_stash *s = stash.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0,
 						       BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!s)
-		return 0;
-	s->address = ctx->args[0];
+	if (s)
+		s->address = ctx->args[0];
+#endif
 #ifdef FEATURE_FAULTS
 	struct addr_key k = { .tgid = id >> 32, .addr = ctx->args[0] & ~0xfffULL };
 	{ u64 zero64 = 0; add_or_lose(page_faults.lookup_or_try_init(&k, &zero64), 1); }
@@ -48,6 +51,7 @@ RAW_TRACEPOINT_PROBE(page_fault_user)
 	return 0;
 }
 
+#ifdef THP_ATTRIBUTION
 RAW_TRACEPOINT_PROBE(count_memcg_events)
 {
 	int item = (int)ctx->args[1];
@@ -70,3 +74,4 @@ RAW_TRACEPOINT_PROBE(count_memcg_events)
 	thp_comm.update(&tgid, &c);
 	return 0;
 }
+#endif

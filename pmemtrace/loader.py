@@ -10,6 +10,9 @@ Features:
   dax       fs_dax fault outcomes, fallbacks streamed with their fields, MAP_SYNC latency
   syscalls  mmap / munmap / madvise, streamed
   mincore   mincore callers, aggregated per process
+  devdax    device-dax PMD / PTE faults per VMA, through a kprobe on dev_dax_huge_fault where the
+            kernel has kprobes (device-dax has no tracepoints); needs page_fault_user for the
+            address, so it puts a program on the fault path: report (one pid) uses it, top does not
 A tracepoint missing on this kernel drops what it feeds, listed in Probes.missing.
 """
 import ctypes
@@ -22,7 +25,8 @@ from .aggregate import (DAX_OUTCOMES, EVENT_DAX_FALLBACK, EVENT_MADVISE, EVENT_M
                         MincoreStats, ProbeCounts)
 from .errors import BccMissing, KernelFeatureMissing, NotRoot, ProbeLoadFailed
 
-FEATURES = ("thp", "faults", "dax", "syscalls", "mincore")
+FEATURES = ("thp", "faults", "dax", "syscalls", "mincore", "devdax")
+DEVDAX_SYMBOL = "dev_dax_huge_fault"
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,9 @@ ATTACHMENTS: Dict[str, Tuple[Attachment, ...]] = {
                 Attachment("syscalls", "sys_exit_mincore", False, ("ret",))),
 }
 ATTACHMENTS["faults"] = ATTACHMENTS["thp"][:1]      # page_fault_user alone
+ATTACHMENTS["devdax"] = ATTACHMENTS["thp"][:1]      # + the kprobe, see kprobe_available()
 SOURCES = {"thp": "faults.c", "faults": "faults.c", "dax": "dax.c", "syscalls": "syscalls.c",
-           "mincore": "syscalls.c"}
+           "mincore": "syscalls.c", "devdax": "devdax.c"}
 
 # uapi constants (stable ABI, include/uapi/asm-generic/mman-common.h)
 MADV = {"MADV_HUGEPAGE_NR": 14, "MADV_NOHUGEPAGE_NR": 15, "MADV_COLLAPSE_NR": 25}
@@ -77,6 +82,28 @@ def probes_dir() -> str:
         if os.path.isfile(os.path.join(candidate, "common.h")):
             return candidate
     raise ProbeLoadFailed("cannot find the probes/ directory (reinstall with `sudo make install`)")
+
+
+def kprobe_available(symbol: str, tracefs: Optional[str] = None) -> bool:
+    """kprobes built in (tracefs has kprobe_events) and the symbol known to kallsyms."""
+    root = tracefs or kernel.tracefs_root()
+    if not root or not os.path.exists(f"{root}/kprobe_events"):
+        return False
+    try:
+        with open("/proc/kallsyms") as f:
+            return any(line.split()[2:3] == [symbol] for line in f)
+    except OSError:
+        return False
+
+
+def devdax_size_args() -> Dict[str, int]:
+    """dev_dax_huge_fault's size argument: enum page_entry_size before 6.6, an order since."""
+    try:
+        sizes = btf.enum_values("page_entry_size")
+        return {"DEVDAX_PTE_ARG": sizes["PE_SIZE_PTE"], "DEVDAX_PMD_ARG": sizes["PE_SIZE_PMD"]}
+    except (KeyError, btf.BtfError):
+        order = (kernel.pmd_size() // kernel.PAGE_SIZE).bit_length() - 1
+        return {"DEVDAX_PTE_ARG": 0, "DEVDAX_PMD_ARG": order}
 
 
 def resolve_enums() -> Dict[str, int]:
@@ -146,8 +173,17 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
             missing.setdefault(memcg.id, "absent on this kernel")
             missing[memcg.id] += ": no per-address THP fault attribution (faults are still counted)"
     faults_counted = "faults" in features and pfu.id in have
+    devdax = False
+    if "devdax" in features:
+        if not kprobe_available(DEVDAX_SYMBOL, tracefs):
+            missing[f"kprobe:{DEVDAX_SYMBOL}"] = ("no kprobes (or no device-dax driver) here: device-dax faults "
+                                                  "are seen only as page faults and in PAGEMAP_SCAN")
+        elif pfu.id not in have or "dax" not in features or "btf:VM_FAULT_*" in missing:
+            missing[f"kprobe:{DEVDAX_SYMBOL}"] = "needs page_fault_user and the dax feature: no device-dax counts"
+        else:
+            devdax = True
     usable = [a for a in usable if a is not memcg or thp_attribution]
-    usable = [a for a in usable if a is not pfu or thp_attribution or faults_counted]
+    usable = [a for a in usable if a is not pfu or thp_attribution or faults_counted or devdax]
     if "dax" in features and min(enums.get(k, -1) for k in
                                  ("VM_FAULT_NOPAGE_BIT", "VM_FAULT_FALLBACK_BIT", "VM_FAULT_NEEDDSYNC_BIT")) < 0:
         missing["btf:VM_FAULT_*"] = "enum values not found in BTF: no DAX fault outcomes"
@@ -158,8 +194,10 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
     if pid is not None:
         defines.append(f"#define PID_FILTER {int(pid)}")
     for feature in features:
-        if feature != "faults" or faults_counted:
+        if (feature != "faults" or faults_counted) and (feature != "devdax" or devdax):
             defines.append(f"#define FEATURE_{feature.upper()} 1")
+    if devdax:
+        defines += [f"#define {k} {v}" for k, v in devdax_size_args().items()]
     if thp_attribution:
         defines.append("#define THP_ATTRIBUTION 1")
     structs = []
@@ -176,11 +214,18 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
         src = SOURCES[feature]
         if src == "faults.c" and not any(a.raw for a in usable):
             continue
+        if src == "devdax.c" and not devdax:
+            continue
         if src not in wanted_sources:
             wanted_sources.append(src)
-    for src in wanted_sources:
+    if devdax and "faults.c" not in wanted_sources:
+        wanted_sources.append("faults.c")         # the address stash
+    source_order = ("faults.c", "dax.c", "syscalls.c", "devdax.c")
+    for src in sorted(wanted_sources, key=source_order.index):
         with open(os.path.join(pdir, src)) as f:
             parts.append(f"/* ---- probes/{src} ---- */\n" + f.read())
+    if devdax:
+        usable.append(Attachment("kprobe", DEVDAX_SYMBOL, False))
     return "\n".join(parts) + "\n", usable, missing
 
 
@@ -224,6 +269,10 @@ class Probes:
             for att in self.attachments:
                 if att.raw:
                     continue    # RAW_TRACEPOINT_PROBE functions are attached by bcc itself
+                if att.category == "kprobe":
+                    self.bpf.attach_kprobe(event=att.event, fn_name="on_devdax_fault")
+                    self.bpf.attach_kretprobe(event=att.event, fn_name="on_devdax_fault_ret")
+                    continue
                 self.bpf.attach_tracepoint(tp=att.id, fn_name=f"on_{att.event}")
             for table, handler in (("dax_events", self._on_dax_event), ("syscall_events", self._on_syscall_event)):
                 if self._has_table(table):

@@ -38,7 +38,7 @@ RAW_TRACEPOINT_PROBE(page_fault_user)
 	u64 id = bpf_get_current_pid_tgid();
 	if (!pid_wanted(id >> 32))
 		return 0;
-#ifdef THP_ATTRIBUTION
+#if defined(THP_ATTRIBUTION) || defined(FEATURE_DEVDAX)
 	struct fault_stash *s = stash.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0,
 						       BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (s)

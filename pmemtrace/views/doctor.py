@@ -313,7 +313,7 @@ def _load_all_probes() -> Tuple[int, Dict[str, str], List[str]]:
     """Compile, load and attach every probe pmemtrace has (the 'faults' feature is the same
     programs filtered by pid), then detach. Only loader.py touches bcc."""
     from .. import loader
-    features = [f for f in loader.FEATURES if f != "faults"]
+    features = [f for f in loader.FEATURES if f not in ("faults", "devdax")]   # devdax: its own line
     probes = loader.Probes(features)
     probes.start()
     probes.close()

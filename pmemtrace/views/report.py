@@ -147,7 +147,7 @@ def render(console: Console, data: dict) -> None:
 def observe(pid: int, duration: float, ebpf: bool):
     """Attach the probes for `duration` seconds; per-VMA counts keyed by VMA start."""
     from ..loader import Probes      # only here: plain report needs no bcc
-    probes = Probes(["thp", "faults", "dax", "syscalls", "mincore"], pid=pid)
+    probes = Probes(["thp", "faults", "dax", "syscalls", "mincore", "devdax"], pid=pid)
     if ebpf:
         print(probes.text)
         return None

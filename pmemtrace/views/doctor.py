@@ -358,12 +358,7 @@ def exit_status(checks: Iterable[Check]) -> int:
     return 1 if any(c.status == FAIL for c in checks) else 0
 
 
-def clean(text: str) -> str:
-    """System text made inert for rich: control characters as escapes, markup escaped."""
-    from rich.markup import escape
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-    return escape(text)
+from .text import safe as clean      # system text made inert for rich (one implementation)
 
 
 STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red"}

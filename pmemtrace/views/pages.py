@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .. import pagemap, procfs
 from ..errors import BadRange, NoSuchProcess, ProcessExited
 from ..pagemap import PageRun, VmaFacts
+from .text import printable
 
 # ---------------------------------------------------------------- range parsing
 
@@ -209,12 +210,6 @@ def human(n: Optional[int]) -> str:
         if n >= size and n % size == 0:
             return f"{n // size}{unit}"
     return f"{n}B" if n < 1024 else f"{n / 1024:.1f}K"
-
-
-def printable(text: str) -> str:
-    """/proc text made safe to show: undecodable bytes and control characters as escapes."""
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def yes_no(v: Optional[bool]) -> str:

@@ -437,3 +437,12 @@ def test_sigterm_detaches_cleanly():
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=10)
     assert p.returncode == 0 and out.strip() == "closed"
+
+
+def test_mincore_panel_lines():
+    rows = [{"pid": 7, "comm": "db\x1b[2J", "mincore": {"calls": 4, "errors": 0, "bytes": 32 << 20,
+                                                      "pages_examined": 8192, "pages_resident": 2048,
+                                                      "ns": 8000}},
+            {"pid": 8, "comm": "idle"}]
+    assert top.mincore_lines(rows) == [
+        "mincore 7 db\\x1b[2J: 4 calls, 32.0M queried, 25% resident, 2.0 us/call"]

@@ -28,6 +28,7 @@ Data flows: ProcSampler / VmaSampler + Probes.snapshot() -> Model.step() -> a fr
 JSON-ready dict) -> one of three renderers: rich screen (TTY), plain lines, JSON lines.
 Key handling is a pure function (handle_key); the loop only waits, reads and renders.
 """
+import dataclasses
 import json
 import os
 import re
@@ -359,6 +360,7 @@ class Model:
             r["madvise_calls"] = pc.madvise_calls
             if pc.mincore.calls:
                 r["mincore_calls"] = pc.mincore.calls
+                r["mincore"] = dataclasses.asdict(pc.mincore)
         if self.pid is not None and self.pid not in rows and self.pid in s.current:
             t = s.current[self.pid]
             rows[self.pid] = {"pid": self.pid, "comm": t.comm, "faults": 0, "huge_faults": 0,
@@ -538,6 +540,21 @@ def _system_summary(frame: dict, seconds: float = 0.0) -> str:
     return "  ".join(parts)
 
 
+def mincore_lines(rows: List[dict]) -> List[str]:
+    """The mincore panel: callers in this interval, bytes queried, resident share of the answer
+    (of the pages the probe read, at most 4096 a call), mean latency."""
+    out = []
+    for r in rows:
+        mc = r.get("mincore")
+        if not mc:
+            continue
+        resident = f"{100 * mc['pages_resident'] / mc['pages_examined']:.0f}%" if mc["pages_examined"] else "-"
+        out.append(f"mincore {r['pid']} {clean(r['comm'])}: {mc['calls']} calls, {fmt_bytes(mc['bytes'])} queried, "
+                   f"{resident} resident, {mc['ns'] / mc['calls'] / 1000:.1f} us/call"
+                   + (f", {mc['errors']} errors" if mc["errors"] else ""))
+    return out
+
+
 def plain_lines(frame: dict, rows: List[dict], vmas: Optional[List[dict]] = None) -> List[str]:
     """bcc-style output for a pipe: a timestamped header line, then aligned rows (counts per interval)."""
     stamp = time.strftime("%H:%M:%S", time.localtime(frame["time"]))
@@ -551,6 +568,7 @@ def plain_lines(frame: dict, rows: List[dict], vmas: Optional[List[dict]] = None
     if vmas is not None:
         lines.append(line([c for c, _ in VMA_COLUMNS], VMA_COLUMNS))
         lines += [line(_vma_cells(v), VMA_COLUMNS) for v in vmas]
+    lines += mincore_lines(rows)
     return lines + [""]
 
 
@@ -584,7 +602,7 @@ def render(frame: dict, rows: List[dict], vmas: Optional[List[dict]], state: Vie
         for i, r in enumerate(rows):
             table.add_row(*(Text(c) for c in _proc_cells(r, seconds)),
                           style="reverse" if i == min(state.cursor, len(rows) - 1) else None)
-        return Group(head, table)
+        return Group(head, table, *(Text(line) for line in mincore_lines(rows)))
     table = Table(box=None, pad_edge=False, header_style="bold")
     # on a narrow terminal BACKING gives up its width first; numbers are never cut
     for name in ("START", "END", "BACKING", "HUGE", "SMALL", "FAULTS/s", "HUGE/s", "DAX", "SYNC", "MADV",

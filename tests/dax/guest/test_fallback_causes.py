@@ -114,16 +114,8 @@ def test_fallback_cause(observed, fs, name):
     assert row.get("dax_fallback_causes") == {CAUSES[name]: fallbacks}
 
 
-# Known pmemtrace gap (found here, reported to the lead): probes/dax.c keys dax_pte_fault_done
-# by the fault's 2 MiB block, so a misaligned VMA's first, partial block (which starts below
-# vm_start) is attributed outside the VMA: 513 of 1024 PTE faults are counted on it.
-PTE_BLOCK_ATTRIBUTION = pytest.mark.xfail(strict=True, reason="pmemtrace attributes DAX PTE faults by 2 MiB "
-                                          "block; a misaligned VMA's first partial block is counted elsewhere")
-
-
 @pytest.mark.parametrize("fs", FILESYSTEMS)
-@pytest.mark.parametrize("name", [pytest.param(n, marks=PTE_BLOCK_ATTRIBUTION) if n in ("misaligned", "pte_setup")
-                                  else n for n in CAUSES])
+@pytest.mark.parametrize("name", list(CAUSES))
 def test_fallback_vma_pte_faults(observed, fs, name):
     """Every 4 KiB DAX fault of the VMA is counted on it, including those in a 2 MiB block
     that starts before the VMA (a misaligned VMA's first block)."""
@@ -141,8 +133,6 @@ def test_nohugepage_makes_no_pmd_attempt(observed, fs):
                             "dax_needdsync": 0}
 
 
-@pytest.mark.xfail(strict=True, reason="report's THP reason for a DAX VMA does not mention VM_NOHUGEPAGE yet "
-                   "(it says the generic DAX alignment text)")
 @pytest.mark.parametrize("fs", FILESYSTEMS)
 def test_nohugepage_reason_in_words(observed, fs):
     """The kernel makes no PMD attempt on a VM_NOHUGEPAGE DAX VMA, so no fallback cause can
@@ -171,17 +161,7 @@ SCENARIOS = ["sync_first", "sync_again", *CAUSES, "nohuge"]
 def test_faults_column_is_user_page_faults(observed, fs, name):
     """The per-VMA `faults` column equals exceptions:page_fault_user in that VMA's range."""
     row = observed[fs][name][0]
-    known_gap_without_memcg_tracepoint(observed, row["faults"], observed["faults"][(fs, name)])
     assert row["faults"] == observed["faults"][(fs, name)]
-
-
-def known_gap_without_memcg_tracepoint(observed, got, want):
-    """Known pmemtrace gap (reported to the lead): on kernels without memcg:count_memcg_events
-    (6.1) report --duration counts no page faults at all although exceptions:page_fault_user
-    exists, and probes_missing mentions only the THP attribution. Expected to fail until fixed;
-    passes by itself once the column is right."""
-    if got != want and "memcg:count_memcg_events" in observed["probes_missing"] and got == 0:
-        pytest.xfail("report --duration `faults` is 0 when memcg:count_memcg_events is absent (6.1)")
 
 
 def test_devdax_pmd_faults_seen_as_faults(observed, kernel_version):
@@ -196,12 +176,10 @@ def test_devdax_pmd_faults_seen_as_faults(observed, kernel_version):
     assert [ln.split("arg=")[-1] for ln in calls] == [pmd] * 32, calls[:3]
     assert [ln.split("ret=")[-1] for ln in rets] == ["0x100"] * 32, rets[:3]
     assert row["dax"] == "devdax"
-    known_gap_without_memcg_tracepoint(observed, row["faults"], 32)
     assert row["faults"] == 32
 
 
-@pytest.mark.xfail(strict=True, reason="report --duration has no device-dax PMD fault count yet "
-                   "(kprobe on dev_dax_huge_fault where the kernel has kprobes)")
 def test_devdax_pmd_fault_column(observed):
+    """Where the kernel has kprobes, pmemtrace counts device-dax PMD faults per VMA (32)."""
     row = observed["devdax"][0]
-    assert row["dax_pmd_faults"] == 32
+    assert (row["dax_pmd_faults"], row["dax_pte_faults"]) == (32, 0)

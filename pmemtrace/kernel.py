@@ -77,6 +77,21 @@ def selected(choice_line: Optional[str]) -> Optional[str]:
     return m.group(1) if m else choice_line
 
 
+def size_dirs(root: str) -> List[Tuple[int, str]]:
+    """(page size in bytes, path) of each hugepages-<N>kB directory under root, smallest first
+    (the layout of both /sys/kernel/mm/hugepages and the mTHP sizes under transparent_hugepage)."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        m = re.fullmatch(r"hugepages-(\d+)kB", name)
+        if m:
+            out.append((int(m.group(1)) * 1024, f"{root}/{name}"))
+    return sorted(out)
+
+
 def pmd_size() -> int:
     value = read_sysfs(f"{THP_SYSFS}/hpage_pmd_size")
     return int(value) if value else 2 << 20
@@ -91,17 +106,9 @@ class ThpPolicy:
 
 
 def thp_policy(root: str = THP_SYSFS) -> ThpPolicy:
-    mthp = {}
-    try:
-        names = os.listdir(root)
-    except OSError:
-        names = []
-    for name in names:
-        m = re.fullmatch(r"hugepages-(\d+)kB", name)
-        if m:
-            mthp[int(m.group(1)) * 1024] = selected(read_sysfs(f"{root}/{name}/enabled")) or "?"
+    mthp = {size: selected(read_sysfs(f"{path}/enabled")) or "?" for size, path in size_dirs(root)}
     return ThpPolicy(selected(read_sysfs(f"{root}/enabled")), selected(read_sysfs(f"{root}/defrag")),
-                     selected(read_sysfs(f"{root}/shmem_enabled")), dict(sorted(mthp.items())))
+                     selected(read_sysfs(f"{root}/shmem_enabled")), mthp)
 
 
 @dataclass(frozen=True)
@@ -114,20 +121,11 @@ class HugetlbPool:
 
 
 def hugetlb_pools(root: str = HUGETLB_SYSFS) -> List[HugetlbPool]:
-    pools = []
-    try:
-        names = sorted(os.listdir(root))
-    except OSError:
-        return pools
-    for name in names:
-        m = re.fullmatch(r"hugepages-(\d+)kB", name)
-        if not m:
-            continue
-        def count(leaf):
-            return int(read_sysfs(f"{root}/{name}/{leaf}") or 0)
-        pools.append(HugetlbPool(int(m.group(1)) * 1024, count("nr_hugepages"), count("free_hugepages"),
-                                 count("resv_hugepages"), count("surplus_hugepages")))
-    return pools
+    def count(path, leaf):
+        return int(read_sysfs(f"{path}/{leaf}") or 0)
+    return [HugetlbPool(size, count(path, "nr_hugepages"), count(path, "free_hugepages"),
+                        count(path, "resv_hugepages"), count(path, "surplus_hugepages"))
+            for size, path in size_dirs(root)]
 
 
 def read_vmstat(path: str = "/proc/vmstat") -> Dict[str, int]:

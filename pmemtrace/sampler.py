@@ -165,22 +165,15 @@ class Globals:
 
 def read_mthp_stats(root: str = kernel.THP_SYSFS, keys: Iterable[str] = MTHP_KEYS) -> Dict[int, Dict[str, int]]:
     out = {}
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return out
-    for name in names:
-        m = re.fullmatch(r"hugepages-(\d+)kB", name)
-        if not m:
-            continue
+    for size, path in kernel.size_dirs(root):
         stats = {}
         for key in keys:
-            value = kernel.read_sysfs(f"{root}/{name}/stats/{key}")
+            value = kernel.read_sysfs(f"{path}/stats/{key}")
             if value is not None and value.isdigit():
                 stats[key] = int(value)
         if stats:
-            out[int(m.group(1)) * KIB] = stats
-    return dict(sorted(out.items()))
+            out[size] = stats
+    return out
 
 
 def read_globals(vmstat_path: str = "/proc/vmstat", thp_root: str = kernel.THP_SYSFS) -> Globals:

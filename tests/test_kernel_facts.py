@@ -221,14 +221,14 @@ def test_thp_policy_without_thp(tmp_path):
 def test_hugetlb_pools_as_captured(tmp_path):
     root = tmp_path / "hugepages"
     shutil.copytree(os.path.join(SYSFS, "hugepages"), root)
-    assert kernel.hugetlb_pools(str(root)) == [
-        kernel.HugetlbPool(1 << 30, 0, 0, 0, 0),
+    assert kernel.hugetlb_pools(str(root)) == [         # smallest page size first
         kernel.HugetlbPool(2 * MIB, 28, 4, 0, 0),
+        kernel.HugetlbPool(1 << 30, 0, 0, 0, 0),
     ]
     (root / "hugepages-2048kB" / "surplus_hugepages").unlink()      # an unreadable leaf reads as 0
     (root / "hugepages-2048kB" / "resv_hugepages").write_text("3\n")
     (root / "not-a-pool").mkdir()
-    assert kernel.hugetlb_pools(str(root))[1] == kernel.HugetlbPool(2 * MIB, 28, 4, 3, 0)
+    assert kernel.hugetlb_pools(str(root))[0] == kernel.HugetlbPool(2 * MIB, 28, 4, 3, 0)
 
 
 def test_hugetlb_pools_without_hugetlbfs(tmp_path):

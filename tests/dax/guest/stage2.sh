@@ -10,7 +10,8 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
+# no tmpfs on /tmp: the overlay root is writable already, and a tmpfs there would hide a
+# checkout (and its kernel cache) that lives under the host's /tmp, as CI's clone may
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mkdir -p /out

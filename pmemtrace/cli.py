@@ -10,8 +10,8 @@ import click
 
 from . import __version__
 from .errors import PmemtraceError
+from .interval import SORT_KEYS as TOP_SORT_KEYS
 
-TOP_SORT_KEYS = ("faults", "huge_faults", "fallbacks", "huge_share", "pid", "comm")   # views.top.SORT_KEYS
 
 EXAMPLES_TOP = """\b
 Examples:

@@ -409,7 +409,7 @@ def test_only_exact_mode_probes_the_fault_path(bins, mode):
     """Default top: no BPF program on the page-fault path (per-fault tracepoints), only rare
     paths; --exact: the two raw tracepoints that attribute THP faults by address."""
     from pmemtrace import loader
-    from pmemtrace.views import top as view
+    from pmemtrace import interval
     extra = ["--exact"] if mode == "exact" else []
     t = Top(1, 3, "--json", *extra)
     try:
@@ -418,7 +418,7 @@ def test_only_exact_mode_probes_the_fault_path(bins, mode):
         t.finish()
     finally:
         t.kill()
-    usable, _, _ = loader.plan(view.features_for(mode == "exact", None))
+    usable, _, _ = loader.plan(interval.features_for(mode == "exact", None))
     classic = {a.id for a in usable if not a.raw}
     fault_path = {"exceptions:page_fault_user", "exceptions:page_fault_kernel", "memcg:count_memcg_events"}
     assert not classic & fault_path

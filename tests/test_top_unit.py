@@ -14,8 +14,9 @@ import pytest
 from rich.console import Console
 
 from pmemtrace import aggregate, kernel, procfs, sampler
-from pmemtrace.errors import NoSuchProcess, PmemtraceError, ProcessExited
-from pmemtrace.views import top
+from pmemtrace.errors import NoSuchProcess, ProcessExited
+from pmemtrace import interval
+from pmemtrace.views import top, top_render
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "top")
 PMD = 2 << 20
@@ -204,10 +205,18 @@ def test_sort_rows():
     assert [r["pid"] for r in top.sort_rows(rows, "pid")] == [1, 2, 3]
     assert [r["comm"] for r in top.sort_rows(rows, "comm")] == ["a", "b", "c"]
     assert [r["pid"] for r in top.sort_rows(rows, "fallbacks")] == [1, 2, 3]       # unknown last
-    with pytest.raises(PmemtraceError):
-        top.check_sort_key("nope")
     from pmemtrace import cli
-    assert cli.TOP_SORT_KEYS == top.SORT_KEYS          # the CLI's choices are the view's columns
+    sort_option = next(p for p in cli.top.params if p.name == "sort_key")
+    assert tuple(sort_option.type.choices) == interval.SORT_KEYS    # -s offers exactly the frame's columns
+
+
+def test_top_escapes_what_report_escapes():
+    """One escaping function for every view: a right-to-left override in a comm is shown inert."""
+    frame, rows, vmas = hostile_frame()
+    rows[0]["comm"] = "evil\u202egnp.exe"
+    lines = top_render.plain_lines(frame, rows, vmas)
+    assert "\u202e" not in "\n".join(lines)
+    assert any("evil\\u202egnp.exe" in line for line in lines)
 
 
 # ----------------------------------------------------------------- model with fakes
@@ -249,12 +258,12 @@ def tracked(pid, comm="w"):
 def test_frame_json_shape_default_mode():
     d = sampler.ProcDelta(42, "[red]x", 5000, 32, None, 64 * MIB, 80 * MIB, 32, True)
     ex = sampler.ProcDelta(None, "(exited)", 10, 1, None, 0, 0, 1)
-    m = top.Model(proc_sampler=FakeProcSampler([make_sample([d], {42: tracked(42)}, ex)]), vma_cache=FakeVmaCache(),
+    m = interval.Model(proc_sampler=FakeProcSampler([make_sample([d], {42: tracked(42)}, ex)]), vma_cache=FakeVmaCache(),
                   fallbacks_known=True)
     counts = aggregate.ProbeCounts()
     counts.dax[(42, "pmd_fallback", 0x1000)] = 3
     counts.lost = 2
-    frame = json.loads(top.json_line(m.step(counts)))
+    frame = json.loads(top_render.json_line(m.step(counts)))
     assert {"time", "interval", "lost_events", "processes"} <= set(frame) and frame["lost_events"] == 2
     rows = {r["comm"]: r for r in frame["processes"]}
     r = rows["[red]x"]
@@ -273,7 +282,7 @@ def test_exact_mode_keeps_counts_of_exited_process():
     vm = dict.fromkeys(sampler.VMSTAT_KEYS, 0)
     vm["thp_fault_alloc"] = 32
     ex = sampler.ProcDelta(None, "(exited)", 4200, 32, None, 0, 0, 32)
-    m = top.Model(exact=True, proc_sampler=FakeProcSampler([make_sample([], {}, ex, [77], vm)]),
+    m = interval.Model(exact=True, proc_sampler=FakeProcSampler([make_sample([], {}, ex, [77], vm)]),
                   vma_cache=FakeVmaCache())
     rows = {r["comm"]: r for r in m.step(counts)["processes"]}
     assert rows["gone"]["pid"] == 77 and rows["gone"]["huge_faults"] == 32 and rows["gone"]["exited"]
@@ -284,14 +293,14 @@ def test_exact_mode_keeps_counts_of_exited_process():
 def test_comm_and_dax_filters():
     a = sampler.ProcDelta(1, "alpha", 1, 0)
     b = sampler.ProcDelta(2, "beta", 1, 0)
-    m = top.Model(comm="alp", proc_sampler=FakeProcSampler([make_sample([a, b], {1: tracked(1), 2: tracked(2)})]),
+    m = interval.Model(comm="alp", proc_sampler=FakeProcSampler([make_sample([a, b], {1: tracked(1), 2: tracked(2)})]),
                   vma_cache=FakeVmaCache())
     assert [r["pid"] for r in m.step(aggregate.ProbeCounts())["processes"]] == [1]
 
     class NoDax(FakeVmaCache):
         def peek(self, pid, starttime, dirty=False):
             return sampler.VmaCounts(0, 0)
-    m = top.Model(dax_only=True, proc_sampler=FakeProcSampler([make_sample([a, b], {1: tracked(1), 2: tracked(2)})]),
+    m = interval.Model(dax_only=True, proc_sampler=FakeProcSampler([make_sample([a, b], {1: tracked(1), 2: tracked(2)})]),
                   vma_cache=NoDax())
     assert m.step(aggregate.ProbeCounts())["processes"] == []
 
@@ -299,7 +308,7 @@ def test_comm_and_dax_filters():
 def test_vma_reads_are_budgeted_busiest_first():
     a = sampler.ProcDelta(1, "quiet", 1, 0)
     b = sampler.ProcDelta(2, "busy", 1, 5)
-    m = top.Model(proc_sampler=FakeProcSampler([make_sample([a, b], {1: tracked(1), 2: tracked(2)})]),
+    m = interval.Model(proc_sampler=FakeProcSampler([make_sample([a, b], {1: tracked(1), 2: tracked(2)})]),
                   vma_cache=FakeVmaCache(), vma_budget=1)
     rows = {r["pid"]: r for r in m.step(aggregate.ProbeCounts())["processes"]}
     assert rows[2]["dax_vmas"] == 1 and rows[1]["dax_vmas"] is None
@@ -311,12 +320,12 @@ def test_vma_set_changers():
     c.events = [anon, dict(anon, tgid=2, fd=3), dict(anon, tgid=3, flags=0x22 | aggregate.MAP_SYNC),
                 {"type": aggregate.EVENT_MUNMAP, "tgid": 4}, {"type": aggregate.EVENT_MUNMAP, "tgid": 2},
                 {"type": aggregate.EVENT_MADVISE, "tgid": 5, "flags": 14}]
-    assert top._vma_set_changers(c) == {2: "add", 3: "add", 4: "unmap"}
-    assert top._syscall_pids(c) == {1, 2, 3, 4, 5}
+    assert interval._vma_set_changers(c) == {2: "add", 3: "add", 4: "unmap"}
+    assert interval._syscall_pids(c) == {1, 2, 3, 4, 5}
 
 
 def test_p_mode_exit_raises_process_exited_with_its_last_counts():
-    m = top.Model(pid=5, exact=True, proc_sampler=FakeProcSampler([make_sample([], {})]), vma_sampler=False,
+    m = interval.Model(pid=5, exact=True, proc_sampler=FakeProcSampler([make_sample([], {})]), vma_sampler=False,
                   vma_cache=FakeVmaCache())
     with pytest.raises(ProcessExited):
         m.step(aggregate.ProbeCounts())
@@ -324,7 +333,7 @@ def test_p_mode_exit_raises_process_exited_with_its_last_counts():
     class LastVmas:
         prev = vma_fixture("after")
     thp = next(v for v in LastVmas.prev if v.end - v.start == 64 * MIB)
-    m = top.Model(pid=5, exact=True, proc_sampler=FakeProcSampler([make_sample([], {}, gone=[5])]),
+    m = interval.Model(pid=5, exact=True, proc_sampler=FakeProcSampler([make_sample([], {}, gone=[5])]),
                   vma_sampler=LastVmas(), vma_cache=FakeVmaCache())
     counts = aggregate.ProbeCounts()
     counts.thp_faults[(5, thp.start)] = 3
@@ -340,7 +349,7 @@ def test_p_mode_exit_raises_process_exited_with_its_last_counts():
 def test_vma_count_cache_refresh():
     now = [0.0]
     reads = []
-    cache = top.VmaCountCache(read_smaps=lambda pid: reads.append(pid) or [], refresh=10, clock=lambda: now[0])
+    cache = interval.VmaCountCache(read_smaps=lambda pid: reads.append(pid) or [], refresh=10, clock=lambda: now[0])
     cache.get(1, 5)
     cache.get(1, 5)
     assert reads == [1]
@@ -374,9 +383,9 @@ def test_rich_render_shows_hostile_names_as_text():
     policy = kernel.ThpPolicy("madvise", "madvise", "never", {})
     for v in (None, vmas):
         console = Console(record=True, width=200, file=io.StringIO(), force_terminal=True)
-        console.print(top.render(frame, rows, v, top.ViewState(), policy, "6.18"))
+        console.print(top_render.render(frame, rows, v, top.ViewState(), policy, "6.18"))
         text = console.export_text()
-        assert "[red]x" in text and "[bold]" in text and "\\x1b[2J" in text and "a\\x0ab" in text
+        assert "[red]x" in text and "[bold]" in text and "\\x1b[2J" in text and "a\\nb" in text
         assert "\x1b" not in text
         if v:
             assert "/tmp/[red]evil\\x1b]0;t\\x07" in text
@@ -384,20 +393,20 @@ def test_rich_render_shows_hostile_names_as_text():
 
 def test_plain_lines_escape_and_align():
     frame, rows, vmas = hostile_frame()
-    lines = top.plain_lines(frame, rows, vmas)
+    lines = top_render.plain_lines(frame, rows, vmas)
     assert all("\x1b" not in line and "\n" not in line for line in lines)
     header = lines[1]
     assert header.split() == ["PID", "COMM", "FAULTS", "HUGE", "FALLBK", "HUGE%", "DAX", "SYNC"]
     assert len(lines[2]) <= len(lines[3]) + 40 and lines[2].split()[0] == "100"
     assert time.strftime("%H:%M:%S", time.localtime(frame["time"])) == lines[0].split()[0]
-    assert top.safe_markup("[red]x\x1b") == "\\[red]x\\x1b"
+    assert top_render.safe_markup("[red]x\x1b") == "\\[red]x\\x1b"
 
 
 # ----------------------------------------------------------------- run() without probes
 
 def test_run_json_with_no_probes():
     out = io.StringIO()
-    assert top.run(interval=0.2, count=2, as_json=True, probes_factory=lambda f, p: top.NoProbes(), out=out) == 0
+    assert top.run(interval=0.2, count=2, as_json=True, probes_factory=lambda f, p: interval.NoProbes(), out=out) == 0
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
     for line in lines:
@@ -409,19 +418,20 @@ def test_run_json_with_no_probes():
 
 def test_run_p_of_a_missing_pid():
     with pytest.raises(NoSuchProcess):
-        top.run(pid=2 ** 22 + 1, probes_factory=lambda f, p: top.NoProbes(), out=io.StringIO())
+        top.run(pid=2 ** 22 + 1, probes_factory=lambda f, p: interval.NoProbes(), out=io.StringIO())
 
 
 def test_features():
-    assert top.features_for(False, None) == ["dax", "syscalls", "mincore"]
-    assert top.features_for(True, None)[0] == "thp" and "faults" not in top.features_for(True, None)
-    assert "faults" in top.features_for(True, 1)
+    assert interval.features_for(False, None) == ["dax", "syscalls", "mincore"]
+    assert interval.features_for(True, None)[0] == "thp" and "faults" not in interval.features_for(True, None)
+    assert "faults" in interval.features_for(True, 1)
 
 
 SIGTERM_SCRIPT = """
 import sys
-from pmemtrace.views import top
-class P(top.NoProbes):
+from pmemtrace import interval
+from pmemtrace.views import top, top_render
+class P(interval.NoProbes):
     def close(self):
         print("closed", flush=True)
 print("start", flush=True)
@@ -444,5 +454,5 @@ def test_mincore_panel_lines():
                                                       "pages_examined": 8192, "pages_resident": 2048,
                                                       "ns": 8000}},
             {"pid": 8, "comm": "idle"}]
-    assert top.mincore_lines(rows) == [
+    assert top_render.mincore_lines(rows) == [
         "mincore 7 db\\x1b[2J: 4 calls, 32.0M queried, 25% resident, 2.0 us/call"]

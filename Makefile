@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 KREL       := $(shell uname -r)
 ARCH       := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
 
-.PHONY: install deps venv test bench clean
+.PHONY: install deps venv test lint bench clean
 
 install: deps venv
 	ln -sf $(VENV)/bin/pmemtrace $(PREFIX)/bin/pmemtrace
@@ -35,6 +35,11 @@ venv:
 
 test:
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# ruff and mypy on the package (config in pyproject.toml; both come with the test extras)
+lint:
+	$(VENV)/bin/python -m ruff check pmemtrace
+	$(VENV)/bin/python -m mypy pmemtrace
 
 bench:
 	$(VENV)/bin/python bench/bench.py

@@ -7,7 +7,7 @@ Addresses that fall in no current VMA are counted under UNMAPPED, never dropped.
 import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 UNMAPPED = "(unmapped)"
 

@@ -3,6 +3,7 @@
 The CLI prints ``pmemtrace: <message>`` on one line and exits with ``exit_code``;
 nothing else in the package prints errors or calls sys.exit.
 """
+from typing import Optional
 
 
 class PmemtraceError(Exception):
@@ -15,6 +16,7 @@ class NoSuchProcess(PmemtraceError):
 
 class ProcessExited(PmemtraceError):
     exit_code = 4
+    frame: Optional[dict] = None     # top -p: what was counted in the process's last interval
 
 
 class NotRoot(PmemtraceError):

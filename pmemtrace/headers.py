@@ -18,7 +18,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from .errors import HeadersMissing
 
@@ -165,7 +165,7 @@ def tree_ready(tree: str, pair: Pair, karch: str) -> bool:
 
 def find_headers(release: Optional[str] = None, modules_dir: str = MODULES_DIR, src_dir: str = SRC_DIR,
                  cache_dir: str = CACHE_DIR, machine: Optional[str] = None,
-                 environ: Optional[Dict[str, str]] = None) -> Headers:
+                 environ: Optional[Mapping[str, str]] = None) -> Headers:
     """What bcc will compile against, without building anything."""
     release = release or os.uname().release
     environ = os.environ if environ is None else environ

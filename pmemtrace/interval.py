@@ -183,6 +183,7 @@ class Model:
     def _final_frame(self, s: sampler.Sample, counts: aggregate.ProbeCounts) -> dict:
         """The -p process is gone: what the probes still counted for it in its last interval
         (by tgid and by address in the VMAs it had), for the plain and JSON outputs."""
+        assert self.pid is not None
         rows = self._process_rows(s, aggregate.per_process(counts), {})
         vmas = []
         prev = getattr(self.vmas, "prev", None)
@@ -231,6 +232,7 @@ class Model:
                       changers: Dict[int, str]) -> List[dict]:
         rows: Dict[int, dict] = {}
         for d in s.processes:
+            assert d.pid is not None        # live rows; the exited one is s.exited
             rows[d.pid] = {
                 "pid": d.pid, "comm": d.comm, "faults": d.faults,
                 "huge_faults": None if self.exact else d.huge_faults,
@@ -253,7 +255,7 @@ class Model:
                               "fallbacks": 0 if self.fallbacks_known else None,
                               "huge_share": None, "rss_bytes": None, "huge_bytes": None, "new": False,
                               "exited": not alive}
-                if alive:
+                if t is not None:           # alive
                     h = t.huge
                     rows[tgid].update(huge_share=round(h.share, 4), rss_bytes=h.rss + h.hugetlb,
                                       huge_bytes=h.huge)
@@ -293,7 +295,7 @@ class Model:
                 vc = self.vma_cache.peek(r["pid"], t.starttime)
                 # an unmap can only lower counts that are not zero already
                 dirty = changers.get(r["pid"]) == "add" or (changers.get(r["pid"]) == "unmap" and vc is not None
-                                                            and (vc.dax or vc.vm_sync))
+                                                            and bool(vc.dax or vc.vm_sync))
                 if dirty:
                     vc = None
                 if vc is None and budget > 0:
@@ -327,12 +329,14 @@ class Model:
 
     # -- per VMA (top -p)
     def _dax_of(self, b) -> str:
+        assert self.detail is not None
         key = (b.dev, b.inode)
         if key not in self.dax_kind:
             self.dax_kind[key] = sampler.vma_dax(self.detail, b) if b.inode else "none"
         return self.dax_kind[key]
 
     def _vma_rows(self, counts: aggregate.ProbeCounts) -> List[dict]:
+        assert self.vmas is not None and self.detail is not None
         deltas = self.vmas.sample()
         index = aggregate.VmaIndex((d.start, d.end) for d in deltas)
         bpf = aggregate.per_vma(counts, self.detail, index, kernel.pmd_size())

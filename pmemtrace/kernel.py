@@ -183,6 +183,7 @@ def parse_format(text: str) -> List[Field]:
     for m in FIELD_RE.finditer(text):
         decl = m.group("decl").strip()
         name_m = re.search(r"(\w+)(\[\d*\])?$", decl)
+        assert name_m is not None, decl   # FIELD_RE's decl always ends in a name
         name = name_m.group(1)
         fields.append(Field(name, decl, int(m.group("off")), int(m.group("size")), m.group("signed") == "1"))
     return sorted(fields, key=lambda f: f.offset)

@@ -17,13 +17,14 @@ A tracepoint missing on this kernel drops what it feeds, listed in Probes.missin
 """
 import ctypes
 import os
+import sys
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from . import btf, headers, kernel
 from .aggregate import (DAX_OUTCOMES, EVENT_DAX_FALLBACK, EVENT_MADVISE, EVENT_MMAP, EVENT_MUNMAP,
                         MincoreStats, ProbeCounts)
-from .errors import BccMissing, KernelFeatureMissing, NotRoot, ProbeLoadFailed
+from .errors import BccMissing, NotRoot, ProbeLoadFailed
 
 FEATURES = ("thp", "faults", "dax", "syscalls", "mincore", "devdax")
 DEVDAX_SYMBOL = "dev_dax_huge_fault"
@@ -78,7 +79,7 @@ def probes_dir() -> str:
     """probes/ beside the package in a checkout, or share/pmemtrace/probes in an install."""
     here = os.path.dirname(os.path.abspath(__file__))
     for candidate in (os.path.join(os.path.dirname(here), "probes"),
-                      os.path.join(os.sys.prefix, "share", "pmemtrace", "probes")):
+                      os.path.join(sys.prefix, "share", "pmemtrace", "probes")):
         if os.path.isfile(os.path.join(candidate, "common.h")):
             return candidate
     raise ProbeLoadFailed("cannot find the probes/ directory (reinstall with `sudo make install`)")
@@ -231,7 +232,7 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
 
 def import_bcc():
     try:
-        import bcc  # noqa: F401  (the one import of bcc in pmemtrace)
+        import bcc  # the one import of bcc in pmemtrace
     except ImportError:
         raise BccMissing("bcc is not importable: install Debian's python3-bpfcc (`sudo make install`)") from None
     return bcc
@@ -247,7 +248,7 @@ class Probes:
     def __init__(self, features: Iterable[str], pid: Optional[int] = None):
         self.features = list(features)
         self.pid = pid
-        self.bpf = None
+        self.bpf: Any = None              # bcc.BPF once started
         self.events: List[dict] = []
         self.lost_perf = 0
         if os.geteuid() != 0:

@@ -35,7 +35,7 @@ from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import BadRange, KernelFeatureMissing, NoSuchProcess, NotRoot, ProcessExited
 from . import procfs
@@ -207,7 +207,7 @@ def run_page_size(huge: bool, facts: VmaFacts) -> int:
 def classify(regions: Iterable[Tuple[int, int, int]], facts: VmaFacts = VmaFacts(),
              known: int = 0x1FF) -> List[PageRun]:
     """PAGEMAP_SCAN regions -> PageRuns. ``known``: the categories this kernel reports."""
-    states = {}                       # categories -> state tuple (few distinct values)
+    states: Dict[int, tuple] = {}     # categories -> state tuple (few distinct values)
     out: List[Tuple[int, int, tuple]] = []
     for start, end, cat in regions:
         st = states.get(cat)
@@ -633,7 +633,7 @@ def fallback_classify(start: int, entries: Sequence[int], kflags: dict, facts: V
     """Per-page pagemap words (+ kpageflags by PFN) -> merged PageRuns."""
     runs: List[PageRun] = []
     cur_state, cur_start = None, start
-    cache = {}
+    cache: Dict[tuple, tuple] = {}
     addr = start
     for entry in entries:
         pfn = entry & PM_PFN_MASK if entry & PM_PRESENT else 0

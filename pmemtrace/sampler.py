@@ -23,7 +23,6 @@ Parsers and delta functions are pure (unit-tested on captured fixtures); the cla
 hold the previous sample.
 """
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
@@ -343,6 +342,7 @@ class ProcSampler:
     def sample(self, also_read: Iterable[int] = ()) -> Sample:
         if self.globals is None:
             self.start()
+        assert self.globals is not None
         g, deltas, gone = self._read(also_read)
         now = time.monotonic()
         gd = globals_delta(self.globals, g)

@@ -9,10 +9,10 @@ import ctypes.util
 import os
 import stat
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from . import kernel, pagemap, procfs
-from .errors import NoSuchProcess, NotRoot, ProcessExited
+from .errors import NotRoot, ProcessExited
 
 STATX_ATTR_DAX = 0x00200000
 AT_SYMLINK_NOFOLLOW = 0x100
@@ -217,6 +217,8 @@ def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None) -> Proce
                                                              for i in walk]) if walk else []))
     for i, block in enumerate(blocks):
         m, facts, backing, page_sizes = block.map, facts_of[i], backing_of[i], scanned.get(i)
+        huge: Optional[int]
+        small: Optional[int]
         eligible, reason = classify_thp(backing, facts.dax, block.vmflags, block.counters.get("THPeligible"),
                                         policy, prctl_off)
         if page_sizes is not None:

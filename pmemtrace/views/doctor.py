@@ -16,6 +16,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from .. import btf, headers, kernel
 from ..errors import PmemtraceError
+from .text import safe as clean      # system text made inert for rich (one implementation)
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -356,9 +357,6 @@ def collect() -> List[Check]:
 
 def exit_status(checks: Iterable[Check]) -> int:
     return 1 if any(c.status == FAIL for c in checks) else 0
-
-
-from .text import safe as clean      # system text made inert for rich (one implementation)
 
 
 STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red"}

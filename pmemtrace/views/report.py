@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from rich.console import Console
 from rich.table import Table
@@ -59,7 +59,7 @@ def build_json(proc: vmas_mod.ProcessVmas, show_all: bool, policy: kernel.ThpPol
                probe_notes: Optional[Dict[str, str]] = None, lost: int = 0, unattributed: int = 0,
                mincore: Optional[aggregate.MincoreStats] = None) -> dict:
     rows = [v for v in proc.vmas if visible(v, show_all) or (faults and v.start in faults)]
-    out = {
+    out: Dict[str, Any] = {
         "schema": JSON_SCHEMA_VERSION, "pid": proc.pid, "comm": proc.comm, "kernel": kernel.release(),
         "source": proc.source,
         "thp": {"enabled": policy.enabled, "defrag": policy.defrag, "shmem_enabled": policy.shmem_enabled},
@@ -103,7 +103,7 @@ def render(console: Console, data: dict) -> None:
     for name, justify in (("START", "right"), ("END", "right"), ("SIZE", "right"), ("PERM", "left"),
                           ("BACKING", "left"), ("RSS", "right"), ("HUGE", "right"), ("SMALL", "right"),
                           ("DAX", "left"), ("SYNC", "left")):
-        table.add_column(name, justify=justify, no_wrap=True)
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     if with_faults:
         for name in ("FAULTS", "THP", "DAXPMD", "DAXPTE", "FALLBK", "DSYNC"):
             table.add_column(name, justify="right", no_wrap=True)

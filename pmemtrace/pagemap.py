@@ -103,7 +103,6 @@ PAGEMAP_SCAN = iowr(PAGEMAP_MAGIC, 16, ctypes.sizeof(PmScanArg))
 
 PM_PFN_MASK = (1 << 55) - 1
 PM_SOFT_DIRTY = 1 << 55
-PM_MMAP_EXCLUSIVE = 1 << 56
 PM_UFFD_WP = 1 << 57
 PM_GUARD_REGION = 1 << 58    # 6.15+; a guard marker is a swap-type entry, so PM_SWAP is set too
 PM_FILE = 1 << 61            # file page or shared anon
@@ -695,10 +694,3 @@ def scan_fallback(pid: int, start: int, end: int, facts: Optional[VmaFacts] = No
             lo, hi = max(start, b.map.start), min(end, b.map.end)
             runs += fallback_range(pid, lo, hi, facts_from_smaps(b), pmap=pm)
         return runs
-
-
-def read_runs(pid: int, start: int, end: int, facts: Optional[VmaFacts] = None) -> Tuple[str, List[PageRun]]:
-    """(source, runs): PAGEMAP_SCAN where the kernel has it, else pagemap+kpageflags."""
-    if scan_supported():
-        return SOURCE_SCAN, scan(pid, start, end, facts)
-    return SOURCE_FALLBACK, scan_fallback(pid, start, end, facts)

@@ -207,7 +207,6 @@ class ProcDelta:
     comm: str
     faults: int                     # this interval
     huge_faults: int
-    fallbacks: Optional[int] = None  # not attributable from /proc
     huge_bytes: int = 0
     rss_bytes: int = 0
     anon_huge_faults: int = 0
@@ -266,7 +265,7 @@ def process_deltas(prev: Dict[int, Tracked], stats: Dict[int, StatLine],
         nfaults = max(0, st.faults - old.faults)
         nhuge, nanon = huge_gain(old.huge, huge, pmd, hugetlb_page)
         if nfaults or nhuge:
-            deltas.append(ProcDelta(pid, st.comm, nfaults, nhuge, None, huge.huge, huge.rss + huge.hugetlb,
+            deltas.append(ProcDelta(pid, st.comm, nfaults, nhuge, huge.huge, huge.rss + huge.hugetlb,
                                     nanon, is_new))
     gone = [pid for pid in prev if pid not in state or state[pid].starttime != prev[pid].starttime]
     return state, deltas, gone
@@ -282,7 +281,7 @@ def exited_residual(g: Globals, deltas: List[ProcDelta], gone: List[int]) -> Opt
     faults, huge = max(0, faults), max(0, huge)
     if not faults and not huge and not gone:
         return None
-    return ProcDelta(None, EXITED_COMM, faults, huge, None, 0, 0, huge, False)
+    return ProcDelta(None, EXITED_COMM, faults, huge, 0, 0, huge, False)
 
 
 @dataclass

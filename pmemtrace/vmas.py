@@ -15,7 +15,6 @@ from . import kernel, pagemap, procfs
 from .errors import NotRoot, ProcessExited
 
 STATX_ATTR_DAX = 0x00200000
-AT_SYMLINK_NOFOLLOW = 0x100
 TMPFS_MAGIC = 0x01021994
 HUGETLBFS_MAGIC = 0x958458F6
 SPECIAL_NAMES = ("[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "[uprobes]", "[sigpage]", "[vectors]")

@@ -256,8 +256,8 @@ def tracked(pid, comm="w"):
 
 
 def test_frame_json_shape_default_mode():
-    d = sampler.ProcDelta(42, "[red]x", 5000, 32, None, 64 * MIB, 80 * MIB, 32, True)
-    ex = sampler.ProcDelta(None, "(exited)", 10, 1, None, 0, 0, 1)
+    d = sampler.ProcDelta(42, "[red]x", 5000, 32, 64 * MIB, 80 * MIB, 32, True)
+    ex = sampler.ProcDelta(None, "(exited)", 10, 1, 0, 0, 1)
     m = interval.Model(proc_sampler=FakeProcSampler([make_sample([d], {42: tracked(42)}, ex)]), vma_cache=FakeVmaCache(),
                   fallbacks_known=True)
     counts = aggregate.ProbeCounts()
@@ -281,7 +281,7 @@ def test_exact_mode_keeps_counts_of_exited_process():
     counts.comms[77] = "gone"
     vm = dict.fromkeys(sampler.VMSTAT_KEYS, 0)
     vm["thp_fault_alloc"] = 32
-    ex = sampler.ProcDelta(None, "(exited)", 4200, 32, None, 0, 0, 32)
+    ex = sampler.ProcDelta(None, "(exited)", 4200, 32, 0, 0, 32)
     m = interval.Model(exact=True, proc_sampler=FakeProcSampler([make_sample([], {}, ex, [77], vm)]),
                   vma_cache=FakeVmaCache())
     rows = {r["comm"]: r for r in m.step(counts)["processes"]}

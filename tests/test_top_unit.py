@@ -399,7 +399,7 @@ def test_plain_lines_escape_and_align():
     assert header.split() == ["PID", "COMM", "FAULTS", "HUGE", "FALLBK", "HUGE%", "DAX", "SYNC"]
     assert len(lines[2]) <= len(lines[3]) + 40 and lines[2].split()[0] == "100"
     assert time.strftime("%H:%M:%S", time.localtime(frame["time"])) == lines[0].split()[0]
-    assert top_render.safe_markup("[red]x\x1b") == "\\[red]x\\x1b"
+    assert top_render.printable("[red]x\x1b") == "[red]x\\x1b"      # shown through Text, never as markup
 
 
 # ----------------------------------------------------------------- run() without probes
@@ -455,4 +455,4 @@ def test_mincore_panel_lines():
                                                       "ns": 8000}},
             {"pid": 8, "comm": "idle"}]
     assert top_render.mincore_lines(rows) == [
-        "mincore 7 db\\x1b[2J: 4 calls, 32.0M queried, 25% resident, 2.0 us/call"]
+        "mincore 7 db\\x1b[2J: 4 calls, 32M queried, 25% resident, 2.0 us/call"]

@@ -16,7 +16,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from .. import btf, headers, kernel
 from ..errors import PmemtraceError
-from .text import safe as clean      # system text made inert for rich (one implementation)
+from .text import human_bytes, printable
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -190,13 +190,6 @@ def check_pagemap_scan(supported: Optional[Callable[[], bool]] = None) -> List[C
                   "from smaps instead, which is blind to DAX pages", "a 6.7 or newer kernel")]
 
 
-def _size(n: int) -> str:
-    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if n >= size and n % size == 0:
-            return f"{n // size}{unit}"
-    return f"{n}B"
-
-
 def check_thp(policy: kernel.ThpPolicy) -> List[Check]:
     if policy.enabled is None:
         return [Check("THP", WARN, "this kernel has no transparent huge pages "
@@ -218,7 +211,7 @@ def check_thp(policy: kernel.ThpPolicy) -> List[Check]:
     if policy.mthp:
         groups: Dict[str, List[str]] = {}
         for size, setting in policy.mthp.items():
-            groups.setdefault("not for anon" if setting == "?" else setting, []).append(_size(size))
+            groups.setdefault("not for anon" if setting == "?" else setting, []).append(human_bytes(size, exact=True))
         checks.append(Check("THP sizes (anon)", OK, "; ".join(f"{k}: {' '.join(v)}" for k, v in groups.items())
                             + f" (inherit = the global '{policy.enabled}')"))
     return checks
@@ -235,7 +228,7 @@ def check_hugetlb(pools: List[kernel.HugetlbPool]) -> List[Check]:
             detail += ": hugetlb mappings of this size fail until pages are reserved"
             fix = (f"echo N > {kernel.HUGETLB_SYSFS}/hugepages-{p.page_size // 1024}kB/nr_hugepages"
                    " (if you use hugetlb)")
-        checks.append(Check(f"hugetlb {_size(p.page_size)}", OK, detail, fix))
+        checks.append(Check(f"hugetlb {human_bytes(p.page_size, exact=True)}", OK, detail, fix))
     return checks
 
 
@@ -283,7 +276,7 @@ def check_dax(bus: str = DAX_BUS, dev: str = "/dev", mountinfo: str = MOUNTINFO,
               tracefs: Optional[str] = None) -> List[Check]:
     devices = device_dax(bus, dev)
     if devices:
-        shown = ", ".join(f"{n} ({_size(s) if s else '?'}, {'/dev/' + n if node else 'no /dev node: kmem/system-ram'})"
+        shown = ", ".join(f"{n} ({human_bytes(s, exact=True) if s else '?'}, {'/dev/' + n if node else 'no /dev node: kmem/system-ram'})"
                           for n, s, node in devices)
         checks = [Check("device-dax", OK, shown)]
     else:
@@ -365,23 +358,26 @@ STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red"}
 def render(checks: List[Check], console) -> None:
     """One row per check: verdict, check, finding; the fix (when there is one) under the finding."""
     from rich.table import Table
+    from rich.text import Text
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     table.add_column("", no_wrap=True)
     table.add_column("check", no_wrap=True)
     table.add_column("finding and fix", overflow="fold")
     for c in checks:
-        text = clean(c.detail)
+        text = Text(printable(c.detail))
         if c.fix:
-            text += f"\n[bold]fix:[/] {clean(c.fix)}"
-        table.add_row(f"[{STYLE[c.status]}]{c.status}[/]", clean(c.name), text)
+            text.append("\nfix:", style="bold")
+            text.append(f" {printable(c.fix)}")
+        table.add_row(Text(c.status, style=STYLE[c.status]), Text(printable(c.name)), text)
     console.print(table)
     failed = [c.name for c in checks if c.status == FAIL]
     if failed:
-        console.print(f"[bold red]pmemtrace cannot run here[/]: fix {clean(', '.join(failed))} (the FAIL lines)")
+        console.print(Text.assemble(("pmemtrace cannot run here", "bold red"),
+                                    f": fix {printable(', '.join(failed))} (the FAIL lines)"))
     else:
         warned = sum(c.status == WARN for c in checks)
         tail = f"; {warned} WARN line(s) say what is lost" if warned else ""
-        console.print(f"[green]pmemtrace can run here[/]{tail}")
+        console.print(Text.assemble(("pmemtrace can run here", "green"), tail))
 
 
 def run() -> int:

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .. import pagemap, procfs
 from ..errors import BadRange, NoSuchProcess, ProcessExited
 from ..pagemap import PageRun, VmaFacts
-from .text import printable
+from .text import human_bytes, printable
 
 # ---------------------------------------------------------------- range parsing
 
@@ -203,13 +203,8 @@ def strip_lines(runs: Sequence[PageRun], lo: int, hi: int, width: int = 64,
 # ---------------------------------------------------------------- text helpers
 
 def human(n: Optional[int]) -> str:
-    """Bytes in the largest binary unit that divides them exactly: 4K, 2M, 1G, 1020K."""
-    if n is None:
-        return "?"
-    for unit, size in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if n >= size and n % size == 0:
-            return f"{n // size}{unit}"
-    return f"{n}B" if n < 1024 else f"{n / 1024:.1f}K"
+    """Bytes, never rounded (run lengths and page sizes are exact): 4K, 2M, 1G, 1020K."""
+    return human_bytes(n, exact=True)
 
 
 def yes_no(v: Optional[bool]) -> str:

@@ -3,13 +3,10 @@ import json
 import time
 from typing import TYPE_CHECKING, List, Optional
 
-from .text import printable as clean, safe as safe_markup  # noqa: F401  (one escaping function for every view)
+from .text import human_bytes, printable
 
 if TYPE_CHECKING:
     from .top import ViewState
-
-MIB = 1 << 20
-
 
 def fmt_count(v, seconds: float = 0.0) -> str:
     """A count, or a rate when seconds is given; '-' for unknown."""
@@ -25,19 +22,6 @@ def fmt_share(v) -> str:
     return "-" if v is None else f"{100 * v:.0f}%"
 
 
-def fmt_bytes(n) -> str:
-    if n is None:
-        return "-"
-    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
-
-
-def fmt_size(n: int) -> str:
-    return f"{n >> 20}M" if n >= MIB else f"{n >> 10}K"
-
-
 def json_line(frame: dict) -> str:
     return json.dumps(frame, separators=(",", ":"))
 
@@ -49,7 +33,7 @@ VMA_COLUMNS = (("START", 12), ("END", 12), ("BACKING", 40), ("HUGE", 8), ("SMALL
 
 
 def _proc_cells(r: dict, seconds: float = 0.0) -> List[str]:
-    return [("-" if r["pid"] is None else str(r["pid"])), clean(r["comm"] or ""), fmt_count(r["faults"], seconds),
+    return [("-" if r["pid"] is None else str(r["pid"])), printable(r["comm"] or ""), fmt_count(r["faults"], seconds),
             fmt_count(r["huge_faults"], seconds), fmt_count(r["fallbacks"], seconds), fmt_share(r["huge_share"]),
             fmt_count(r.get("dax_vmas")), fmt_count(r.get("vm_sync_vmas"))]
 
@@ -57,10 +41,10 @@ def _proc_cells(r: dict, seconds: float = 0.0) -> List[str]:
 def _vma_cells(v: dict, seconds: float = 0.0) -> List[str]:
     start = "-" if v["start"] is None else f"{v['start']:x}"
     end = "-" if v["end"] is None else f"{v['end']:x}"
-    back = clean(v["backing"])
+    back = printable(v["backing"])
     if len(back) > 40:
         back = "..." + back[-37:]
-    return [start, end, back, fmt_bytes(v["huge_bytes"]), fmt_bytes(v["small_bytes"]),
+    return [start, end, back, human_bytes(v["huge_bytes"], unknown="-"), human_bytes(v["small_bytes"], unknown="-"),
             fmt_count(v["faults"], seconds), fmt_count(v["huge_faults"], seconds), v["dax"],
             "yes" if v["vm_sync"] else "no", str(sum(v["madvise"].values())), str(v["map_sync_refusals"])]
 
@@ -76,7 +60,7 @@ def _system_summary(frame: dict, seconds: float = 0.0) -> str:
              f"lost {frame['lost_events']}"]
     mthp = frame["system"]["mthp"]
     if mthp:
-        parts.append("mTHP " + " ".join(f"{fmt_size(int(size))}:{fmt_count(st.get('anon_fault_alloc', 0), seconds)}"
+        parts.append("mTHP " + " ".join(f"{human_bytes(int(size))}:{fmt_count(st.get('anon_fault_alloc', 0), seconds)}"
                                         for size, st in mthp.items() if st.get("anon_fault_alloc")))
     return "  ".join(parts)
 
@@ -90,7 +74,7 @@ def mincore_lines(rows: List[dict]) -> List[str]:
         if not mc:
             continue
         resident = f"{100 * mc['pages_resident'] / mc['pages_examined']:.0f}%" if mc["pages_examined"] else "-"
-        out.append(f"mincore {r['pid']} {clean(r['comm'])}: {mc['calls']} calls, {fmt_bytes(mc['bytes'])} queried, "
+        out.append(f"mincore {r['pid']} {printable(r['comm'])}: {mc['calls']} calls, {human_bytes(mc['bytes'])} queried, "
                    f"{resident} resident, {mc['ns'] / mc['calls'] / 1000:.1f} us/call"
                    + (f", {mc['errors']} errors" if mc["errors"] else ""))
     return out

@@ -274,7 +274,7 @@ def _open_pagemap(pid: int) -> int:
 def process_alive(pid: int) -> bool:
     """The pid exists and is not a zombie (a zombie has no memory left to read)."""
     st = procfs.read_stat(pid)
-    return st is not None and st["state"] not in ("Z", "X", "x")
+    return st is not None and st.state not in ("Z", "X", "x")
 
 
 def _exited(pid: int) -> ProcessExited:

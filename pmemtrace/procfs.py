@@ -118,19 +118,37 @@ def parse_status(text: str) -> Dict[str, str]:
     return out
 
 
-def parse_stat(text: str) -> Dict[str, object]:
-    """/proc/PID/stat: comm may hold spaces and parentheses, so split at the last ')'."""
-    lpar, rpar = text.index("("), text.rindex(")")
-    rest = text[rpar + 2:].split()
-    return {
-        "pid": int(text[:lpar]),
-        "comm": text[lpar + 1:rpar],
-        "state": rest[0],
-        "minflt": int(rest[7]),
-        "majflt": int(rest[9]),
-        "starttime": int(rest[19]),
-        "rss_pages": int(rest[21]),
-    }
+PF_KTHREAD = 0x00200000     # in /proc/PID/stat's flags field (9th): a kernel thread
+
+
+@dataclass(frozen=True)
+class StatLine:
+    """The fields of /proc/PID/stat pmemtrace uses."""
+    pid: int
+    comm: str
+    state: str           # R, S, D, Z, ...
+    minflt: int          # the whole thread group, dead threads included
+    majflt: int
+    starttime: int       # clock ticks after boot: tells a reused pid apart
+    rss_pages: int
+    kthread: bool
+
+    @property
+    def faults(self) -> int:
+        return self.minflt + self.majflt
+
+
+def parse_stat(data: bytes) -> Optional[StatLine]:
+    """/proc/PID/stat, or None if data is not one. comm may hold spaces and ')': split at the last ')'."""
+    try:
+        lpar = data.index(b"(")
+        rpar = data.rindex(b")")
+        rest = data[rpar + 2:].split()
+        return StatLine(int(data[:lpar]), data[lpar + 1:rpar].decode("utf-8", "surrogateescape"),
+                        rest[0].decode("ascii"), int(rest[7]), int(rest[9]), int(rest[19]), int(rest[21]),
+                        bool(int(rest[6]) & PF_KTHREAD))
+    except (ValueError, IndexError):
+        return None
 
 
 # ---------------------------------------------------------------- file access
@@ -167,10 +185,8 @@ def check_pid(pid: int) -> str:
 
 
 def is_kernel_thread(pid: int) -> bool:
-    # PF_KTHREAD is 0x00200000 in /proc/PID/stat's flags field (9th).
-    text = read_text(pid, "stat", started=True)
-    flags = int(text[text.rindex(")") + 2:].split()[6])
-    return bool(flags & 0x00200000)
+    st = parse_stat(read_text(pid, "stat", started=True).encode("utf-8", "surrogateescape"))
+    return st is not None and st.kthread
 
 
 def read_maps(pid: int) -> List[MapEntry]:
@@ -190,13 +206,19 @@ def read_status(pid: int) -> Dict[str, str]:
     return parse_status(read_text(pid, "status", started=True))
 
 
-def read_stat(pid: int) -> Optional[Dict[str, object]]:
-    """/proc/PID/stat, or None when the pid is gone (for scanners that expect churn)."""
+def read_stat(pid: int, proc: str = PROC) -> Optional[StatLine]:
+    """/proc/PID/stat, or None when the pid is gone (for scanners that expect churn; one read,
+    no file object: top reads this for every process every interval)."""
     try:
-        with open(proc_path(pid, "stat"), "rb") as f:
-            return parse_stat(f.read().decode("utf-8", "surrogateescape"))
-    except (FileNotFoundError, ProcessLookupError):
+        fd = os.open(f"{proc}/{pid}/stat", os.O_RDONLY)
+    except OSError:
         return None
+    try:
+        return parse_stat(os.read(fd, 4096))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def list_pids() -> List[int]:

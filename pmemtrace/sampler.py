@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import kernel, procfs
+from .procfs import StatLine
 
 KIB = 1024
-PF_KTHREAD = 0x00200000
 
 # /proc/vmstat counters top reports as system-wide rates.
 VMSTAT_KEYS = ("pgfault", "pgmajfault", "thp_fault_alloc", "thp_fault_fallback", "thp_fault_fallback_charge",
@@ -41,48 +41,12 @@ MTHP_KEYS = ("anon_fault_alloc", "anon_fault_fallback", "anon_fault_fallback_cha
 
 # ----------------------------------------------------------------- /proc/PID/stat
 
-@dataclass(frozen=True)
-class StatLine:
-    pid: int
-    comm: str
-    faults: int          # minflt + majflt (the whole thread group, dead threads included)
-    starttime: int       # clock ticks after boot: tells a reused pid apart
-    rss_pages: int
-    kthread: bool
-
-
-def parse_stat_line(data: bytes) -> Optional[StatLine]:
-    """One /proc/PID/stat; comm may hold spaces and ')' so split at the last ')'."""
-    try:
-        lpar = data.index(b"(")
-        rpar = data.rindex(b")")
-        rest = data[rpar + 2:].split()
-        return StatLine(int(data[:lpar]), data[lpar + 1:rpar].decode("utf-8", "replace"),
-                        int(rest[7]) + int(rest[9]), int(rest[19]), int(rest[21]),
-                        bool(int(rest[6]) & PF_KTHREAD))
-    except (ValueError, IndexError):
-        return None
-
-
-def read_stat_line(pid: int, proc: str = procfs.PROC) -> Optional[StatLine]:
-    try:
-        fd = os.open(f"{proc}/{pid}/stat", os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        return parse_stat_line(os.read(fd, 4096))
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
 def scan_stats(proc: str = procfs.PROC) -> Dict[int, StatLine]:
     """Every user process's stat line (kernel threads left out); vanished pids skipped."""
     out = {}
     for name in os.listdir(proc):
         if name.isdigit():
-            st = read_stat_line(int(name), proc)
+            st = procfs.read_stat(int(name), proc)
             if st is not None and not st.kthread:
                 out[st.pid] = st
     return out
@@ -324,7 +288,7 @@ class ProcSampler:
         if self.pid is None:
             stats = scan_stats(self.proc)
         else:
-            st = read_stat_line(self.pid, self.proc)
+            st = procfs.read_stat(self.pid, self.proc)
             stats = {} if st is None else {st.pid: st}
         if self.tick is not None:
             self.tick()

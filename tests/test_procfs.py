@@ -194,17 +194,18 @@ def test_parse_status():
 
 
 def test_parse_stat():
-    st = procfs.parse_stat(fixture("stat"))
-    assert st == {"pid": 24376, "comm": "python3", "state": "R", "minflt": 2898, "majflt": 0,
-                  "starttime": 177444, "rss_pages": 5440}
+    st = procfs.parse_stat(fixture("stat").encode())
+    assert st == procfs.StatLine(pid=24376, comm="python3", state="R", minflt=2898, majflt=0,
+                                 starttime=177444, rss_pages=5440, kthread=False)
+    assert st.faults == 2898
 
 
 @pytest.mark.parametrize("comm", ["a b", "x) (y", "))", "(", "[red]z) R 1"])
 def test_parse_stat_hostile_comm(comm):
     text = fixture("stat").replace("(python3)", f"({comm})", 1)
-    st = procfs.parse_stat(text)
-    assert st["comm"] == comm
-    assert (st["pid"], st["state"], st["minflt"], st["starttime"], st["rss_pages"]) == \
+    st = procfs.parse_stat(text.encode())
+    assert st.comm == comm
+    assert (st.pid, st.state, st.minflt, st.starttime, st.rss_pages) == \
         (24376, "R", 2898, 177444, 5440)
 
 
@@ -309,4 +310,4 @@ def test_read_own_rollup_status_and_pid_list():
     assert all(isinstance(v, int) and v % KIB == 0 for v in rollup.values())
     assert procfs.read_status(me)["Pid"] == str(me)
     st = procfs.read_stat(me)
-    assert st["pid"] == me and st["state"] == "R"
+    assert st.pid == me and st.state == "R"

@@ -2,6 +2,7 @@
 tests/workloads/top_thp.c (tests/fixtures/top/*_before.txt: mapped, not touched;
 *_after.txt: 64 MiB THP + 16 MiB NOHUGEPAGE touched), sorting, key handling, rendering
 of hostile names, JSON and plain output shapes."""
+import dataclasses
 import io
 import json
 import os
@@ -29,7 +30,7 @@ def fixture(name, mode="r"):
 
 
 def stat(tag):
-    return sampler.parse_stat_line(fixture(f"stat_{tag}.txt", "rb"))
+    return procfs.parse_stat(fixture(f"stat_{tag}.txt", "rb"))
 
 
 def rollup(tag):
@@ -57,7 +58,7 @@ def test_stat_line_hostile_comm_and_kthread():
     hostile = stat("hostile")
     assert hostile.comm == "x) (y [red]z"
     assert stat("kthread").kthread and stat("kthread").comm == "kthreadd"
-    assert sampler.parse_stat_line(b"garbage") is None
+    assert procfs.parse_stat(b"garbage") is None
 
 
 def test_rollup_huge_bytes():
@@ -103,7 +104,7 @@ def test_process_smaller_than_a_pmd_is_never_read():
     assert before.rss_pages * kernel.PAGE_SIZE < PMD
     reads = []
     state, _, _ = sampler.process_deltas({}, {before.pid: before}, lambda p: reads.append(p), PMD, PMD, baseline=True)
-    moved = sampler.StatLine(before.pid, before.comm, before.faults + 7, before.starttime, before.rss_pages, False)
+    moved = dataclasses.replace(before, minflt=before.minflt + 7)
     _, deltas, _ = sampler.process_deltas(state, {before.pid: moved}, lambda p: reads.append(p), PMD, PMD)
     assert reads == [] and [(d.faults, d.huge_faults) for d in deltas] == [(7, 0)]
 

@@ -9,6 +9,7 @@ import re
 import resource
 import subprocess
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 from .errors import KernelFeatureMissing
@@ -92,9 +93,17 @@ def size_dirs(root: str) -> List[Tuple[int, str]]:
     return sorted(out)
 
 
+def read_pmd_size(root: Optional[str] = None) -> int:
+    """Bytes mapped by one PMD leaf: THP's hpage_pmd_size, else (no THP in this kernel)
+    PAGE_SIZE * the PTEs of one page table (2 MiB with 4 KiB pages)."""
+    value = read_sysfs(f"{root or THP_SYSFS}/hpage_pmd_size")
+    return int(value) if value and value.isdigit() else PAGE_SIZE * (PAGE_SIZE // 8)
+
+
+@lru_cache(maxsize=1)
 def pmd_size() -> int:
-    value = read_sysfs(f"{THP_SYSFS}/hpage_pmd_size")
-    return int(value) if value else 2 << 20
+    """read_pmd_size() of the running kernel, read once (it cannot change until a reboot)."""
+    return read_pmd_size()
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import BadRange, KernelFeatureMissing, NoSuchProcess, NotRoot, ProcessExited
 from . import procfs
+from .kernel import PAGE_SIZE, pmd_size
 
 # ---------------------------------------------------------------- uapi: linux/fs.h
 
@@ -118,19 +119,8 @@ KPF_ZERO_PAGE = 1 << 24
 
 KPAGEFLAGS = "/proc/kpageflags"
 
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 SOURCE_SCAN = "PAGEMAP_SCAN"
 SOURCE_FALLBACK = "pagemap+kpageflags"
-
-
-@lru_cache(maxsize=1)
-def pmd_size() -> int:
-    """Bytes mapped by one PMD leaf: read from sysfs, else PAGE_SIZE * PTEs per table."""
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return PAGE_SIZE * (PAGE_SIZE // 8)
 
 
 # ---------------------------------------------------------------- results

@@ -275,11 +275,14 @@ def test_tracepoint_catalogue():
 
 def test_pmd_size_from_sysfs(thp_root, monkeypatch):
     monkeypatch.setattr(kernel, "THP_SYSFS", str(thp_root))
-    assert kernel.pmd_size() == 2097152                      # hpage_pmd_size as captured
+    assert kernel.read_pmd_size() == 2097152                 # hpage_pmd_size as captured
     (thp_root / "hpage_pmd_size").write_text("524288\n")     # whatever the kernel says, not 2 MiB by habit
-    assert kernel.pmd_size() == 524288
+    assert kernel.read_pmd_size() == 524288
     monkeypatch.setattr(kernel, "THP_SYSFS", str(thp_root / "missing"))
-    assert kernel.pmd_size() == 2 << 20                      # no THP: the x86-64 PMD
+    assert kernel.read_pmd_size() == 2 << 20                 # no THP: 512 PTEs of 4 KiB (x86-64)
+    assert kernel.read_pmd_size(str(thp_root)) == 524288
+    from pmemtrace import pagemap
+    assert pagemap.pmd_size is kernel.pmd_size               # one source for the PMD size
 
 
 def test_tracefs_root_picks_the_first_with_events(tmp_path, monkeypatch):

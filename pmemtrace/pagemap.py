@@ -38,7 +38,7 @@ from functools import lru_cache
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import BadRange, KernelFeatureMissing, NoSuchProcess, NotRoot, ProcessExited
-from . import procfs
+from . import backing, procfs
 from .kernel import PAGE_SIZE, pmd_size
 
 # ---------------------------------------------------------------- uapi: linux/fs.h
@@ -231,23 +231,14 @@ def region_state(cat: int, facts: VmaFacts, known: int) -> tuple:
             bool(cat & PAGE_IS_GUARD) if known & PAGE_IS_GUARD else None)
 
 
-SHMEM_PATHS = ("/memfd:", "/SYSV", "/dev/zero", "[anon_shmem")
-
-
 def facts_from_smaps(block: "procfs.Smaps", dax: bool = False) -> VmaFacts:
-    """VMA facts from its smaps block; DAX must be told by the caller (statx / sysfs)."""
-    m = block.map
-    if "ht" in block.vmflags:
+    """VMA facts from its smaps block (backing.classify_backing, by name: no statfs); DAX must be
+    told by the caller (statx / sysfs)."""
+    kind = backing.page_kind(backing.classify_backing(block.map, block.vmflags, backing.FileFacts()),
+                             block.map, dax)
+    if kind == "hugetlb":
         return VmaFacts("hugetlb", block.get("KernelPageSize") or pmd_size())
-    if dax:
-        return VmaFacts("dax")
-    # a private /dev/zero mapping is anonymous memory that still names the device
-    private_zero = m.path.startswith("/dev/zero") and not m.shared
-    if (m.path.startswith(SHMEM_PATHS) and not private_zero) or (m.shared and not m.path):
-        return VmaFacts("shmem")
-    if m.path.startswith("/") and m.inode:
-        return VmaFacts("file")
-    return VmaFacts("anon")
+    return VmaFacts(kind)
 
 
 # ---------------------------------------------------------------- file access

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from . import kernel, pagemap, procfs
+from .backing import HUGETLBFS_MAGIC, TMPFS_MAGIC, FileFacts, classify_backing  # noqa: F401  (vmas.* API)
 from .errors import NotRoot, ProcessExited
 
 STATX_ATTR_DAX = 0x00200000
-TMPFS_MAGIC = 0x01021994
-HUGETLBFS_MAGIC = 0x958458F6
-SPECIAL_NAMES = ("[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "[uprobes]", "[sigpage]", "[vectors]")
 
 SOURCE_PAGEMAP_SCAN = "PAGEMAP_SCAN"
 SOURCE_SMAPS = "smaps"
@@ -96,12 +94,6 @@ def is_devdax_char(rdev: int) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class FileFacts:
-    dax: str = "none"         # fsdax / devdax / none
-    fs_magic: Optional[int] = None
-
-
 def file_facts(pid: int, m: procfs.MapEntry) -> FileFacts:
     """DAX and filesystem of a file mapping, read through /proc/PID/map_files."""
     if m.inode == 0:
@@ -119,27 +111,6 @@ def file_facts(pid: int, m: procfs.MapEntry) -> FileFacts:
 
 
 # ------------------------------------------------------------- pure classification
-
-def classify_backing(m: procfs.MapEntry, vmflags: frozenset, facts: FileFacts) -> str:
-    if "ht" in vmflags:
-        return "hugetlb"
-    if facts.dax == "devdax":
-        return "device-dax"
-    if m.path == "[heap]":
-        return "heap"
-    if m.path.startswith("[stack"):
-        return "stack"
-    if m.path in SPECIAL_NAMES or "pf" in vmflags or "io" in vmflags:
-        return "special"
-    if m.inode == 0:
-        return "shmem" if m.shared else "anon"
-    if m.path == "/dev/zero" and not m.shared:
-        return "anon"       # MAP_PRIVATE of /dev/zero: mmap_zero() makes the VMA anonymous (keeps the file)
-    if (facts.fs_magic == TMPFS_MAGIC or m.path.startswith("/memfd:") or m.path.startswith("/SYSV")
-            or m.path.startswith("/dev/zero")):
-        return "shmem"
-    return "file"
-
 
 def classify_thp(backing: str, dax: str, vmflags: frozenset, smaps_eligible: Optional[int],
                  policy: kernel.ThpPolicy, thp_disabled_by_prctl: bool) -> Tuple[bool, str]:

@@ -10,6 +10,9 @@ Features:
   dax       fs_dax fault outcomes, fallbacks streamed with their fields, MAP_SYNC latency
   syscalls  mmap / munmap / madvise, streamed
   mincore   mincore callers, aggregated per process
+  ksyscalls, kmincore  the same two through kprobes on the syscall functions (__x64_sys_mmap, ...),
+            where the kernel has kprobes: only those calls pay, while any syscall tracepoint puts
+            every syscall of every task on the slow path (probes/ksyscalls.c; see syscall_kprobes())
   devdax    device-dax PMD / PTE faults per VMA, through a kprobe on dev_dax_huge_fault where the
             kernel has kprobes (device-dax has no tracepoints); needs page_fault_user for the
             address, so it puts a program on the fault path: report (one pid) uses it, top does not
@@ -26,7 +29,9 @@ from .aggregate import (DAX_OUTCOMES, EVENT_DAX_FALLBACK, EVENT_MADVISE, EVENT_M
                         MincoreStats, ProbeCounts)
 from .errors import BccMissing, NotRoot, ProbeLoadFailed
 
-FEATURES = ("thp", "faults", "dax", "syscalls", "mincore", "devdax")
+FEATURES = ("thp", "faults", "dax", "syscalls", "mincore", "devdax", "ksyscalls", "kmincore")
+KPROBE_SYSCALLS = {"ksyscalls": ("mmap", "munmap", "madvise"), "kmincore": ("mincore",)}
+KPROBE_RETURNS = ("mmap", "mincore")       # these also need the return value (a kretprobe)
 DEVDAX_SYMBOL = "dev_dax_huge_fault"
 
 
@@ -66,8 +71,10 @@ ATTACHMENTS: Dict[str, Tuple[Attachment, ...]] = {
 }
 ATTACHMENTS["faults"] = ATTACHMENTS["thp"][:1]      # page_fault_user alone
 ATTACHMENTS["devdax"] = ATTACHMENTS["thp"][:1]      # + the kprobe, see kprobe_available()
+for _feature, _calls in KPROBE_SYSCALLS.items():
+    ATTACHMENTS[_feature] = tuple(Attachment("ksyscall", call, False) for call in _calls)
 SOURCES = {"thp": "faults.c", "faults": "faults.c", "dax": "dax.c", "syscalls": "syscalls.c",
-           "mincore": "syscalls.c", "devdax": "devdax.c"}
+           "mincore": "syscalls.c", "devdax": "devdax.c", "ksyscalls": "ksyscalls.c", "kmincore": "ksyscalls.c"}
 
 # uapi constants (stable ABI, include/uapi/asm-generic/mman-common.h)
 MADV = {"MADV_HUGEPAGE_NR": 14, "MADV_NOHUGEPAGE_NR": 15, "MADV_COLLAPSE_NR": 25}
@@ -95,6 +102,44 @@ def kprobe_available(symbol: str, tracefs: Optional[str] = None) -> bool:
             return any(line.split()[2:3] == [symbol] for line in f)
     except OSError:
         return False
+
+
+SYSCALL_PREFIXES = ("__x64_sys_", "__arm64_sys_", "__riscv_sys_", "__s390x_sys_", "sys_")
+_kallsyms_cache: Dict[str, str] = {}
+
+
+def kallsyms_text(path: str = "/proc/kallsyms") -> str:
+    """/proc/kallsyms, read once per process (about 10 MB of text; searched with str.find)."""
+    if path not in _kallsyms_cache:
+        try:
+            with open(path) as f:
+                _kallsyms_cache[path] = f.read()
+        except OSError:
+            _kallsyms_cache[path] = ""
+    return _kallsyms_cache[path]
+
+
+def syscall_symbol(call: str, kallsyms: str) -> Optional[str]:
+    """The function behind a syscall in kallsyms text: the arch's wrapper (__x64_sys_mmap,
+    which receives the user registers) or, on kernels without wrappers, sys_mmap; else None."""
+    for prefix in SYSCALL_PREFIXES:
+        if f" {prefix}{call}\n" in kallsyms:
+            return prefix + call
+    return None
+
+
+def syscall_kprobes(calls: Iterable[str] = ("mmap", "munmap", "madvise", "mincore"), tracefs: Optional[str] = None,
+                    kallsyms: Optional[str] = None) -> Tuple[bool, str]:
+    """(usable, why): can the syscall functions be kprobed here (kprobes built in, each symbol
+    known)? Decides whether top watches mmap/munmap/madvise/mincore by default."""
+    root = tracefs if tracefs is not None else kernel.tracefs_root()
+    if not root or not os.path.exists(f"{root}/kprobe_events"):
+        return False, "this kernel has no kprobes (no kprobe_events in tracefs)"
+    text = kallsyms_text() if kallsyms is None else kallsyms
+    lacking = [c for c in calls if syscall_symbol(c, text) is None]
+    if lacking:
+        return False, f"kprobes, but no syscall function for {', '.join(lacking)} in /proc/kallsyms"
+    return True, "kprobes on " + ", ".join(str(syscall_symbol(c, text)) for c in calls)
 
 
 def devdax_size_args() -> Dict[str, int]:
@@ -134,6 +179,13 @@ def plan(features: Iterable[str], tracefs: Optional[str] = None):
             if att.id in seen:
                 continue
             seen.add(att.id)
+            if att.category == "ksyscall":
+                ok, why = syscall_kprobes((att.event,), tracefs)
+                if not ok:
+                    missing[att.id] = why
+                else:
+                    usable.append(att)
+                continue
             if not kernel.tracepoint_exists(att.category, att.event, tracefs):
                 missing[att.id] = f"absent on this kernel: no {feeds.get(att.id, att.id)}"
                 continue
@@ -159,6 +211,8 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
         raise ValueError(f"unknown probe features: {sorted(unknown)}")
     if "faults" in features and pid is None:
         raise ValueError("the 'faults' feature counts every fault and needs a pid")
+    if {"syscalls", "mincore"} & set(features) and {"ksyscalls", "kmincore"} & set(features):
+        raise ValueError("syscall tracepoints and syscall kprobes are alternatives: ask for one")
     usable, formats, missing = plan(features, tracefs)
     have = {a.id for a in usable}
     enums = resolve_enums() if enums is None else enums
@@ -201,9 +255,12 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
         defines += [f"#define {k} {v}" for k, v in devdax_size_args().items()]
     if thp_attribution:
         defines.append("#define THP_ATTRIBUTION 1")
+    ksys = [a for a in usable if a.category == "ksyscall"]
+    if ksys and not str(syscall_symbol(ksys[0].event, kallsyms_text())).startswith("sys_"):
+        defines.append("#define SYSCALL_WRAPPER 1")
     structs = []
     for att in usable:
-        if not att.raw:
+        if not att.raw and att.category != "ksyscall":
             structs.append(kernel.c_struct(att.struct, formats[att.id]))
             defines.append(f"#define HAVE_{att.struct} 1")
     pdir = probes_dir()
@@ -217,11 +274,13 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
             continue
         if src == "devdax.c" and not devdax:
             continue
+        if src == "ksyscalls.c" and not ksys:
+            continue
         if src not in wanted_sources:
             wanted_sources.append(src)
     if devdax and "faults.c" not in wanted_sources:
         wanted_sources.append("faults.c")         # the address stash
-    source_order = ("faults.c", "dax.c", "syscalls.c", "devdax.c")
+    source_order = ("faults.c", "dax.c", "syscalls.c", "devdax.c", "ksyscalls.c")
     for src in sorted(wanted_sources, key=source_order.index):
         with open(os.path.join(pdir, src)) as f:
             parts.append(f"/* ---- probes/{src} ---- */\n" + f.read())
@@ -270,6 +329,12 @@ class Probes:
             for att in self.attachments:
                 if att.raw:
                     continue    # RAW_TRACEPOINT_PROBE functions are attached by bcc itself
+                if att.category == "ksyscall":
+                    symbol = syscall_symbol(att.event, kallsyms_text())
+                    self.bpf.attach_kprobe(event=symbol, fn_name=f"on_ksys_enter_{att.event}")
+                    if att.event in KPROBE_RETURNS:
+                        self.bpf.attach_kretprobe(event=symbol, fn_name=f"on_ksys_exit_{att.event}")
+                    continue
                 if att.category == "kprobe":
                     self.bpf.attach_kprobe(event=att.event, fn_name="on_devdax_fault")
                     self.bpf.attach_kretprobe(event=att.event, fn_name="on_devdax_fault_ret")

@@ -35,9 +35,15 @@ VMA_BUDGET = 32                      # ... and at most this many processes' smap
 DAX_FAULT_OUTCOMES = ("pmd_huge", "pmd_needdsync", "pte", "pte_needdsync", "load_hole", "pmd_load_hole")
 
 
-def features_for(exact: bool, pid: Optional[int]) -> List[str]:
-    """Loader features: rare paths always; the per-fault ones only with --exact."""
-    feats = ["dax", "syscalls", "mincore"]
+def features_for(exact: bool, pid: Optional[int], syscalls: bool = False, kprobes: bool = False) -> List[str]:
+    """Loader features: DAX outcomes always; the per-fault ones only with --exact.
+
+    mmap / munmap / madvise / mincore: through kprobes on the syscall functions where the
+    kernel has them (``kprobes``: only those calls pay); else through syscall tracepoints,
+    only when asked (``syscalls``, top --syscalls), because any syscall tracepoint puts every
+    syscall of every task on the slow path. Without either, MAP_SYNC and madvise state come
+    from smaps VmFlags (sf, hg, nh) and the syscall counts are null."""
+    feats = ["dax"] + (["ksyscalls", "kmincore"] if kprobes else ["syscalls", "mincore"] if syscalls else [])
     if exact:
         feats = ["thp"] + (["faults"] if pid is not None else []) + feats
     return feats

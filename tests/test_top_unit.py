@@ -423,7 +423,9 @@ def test_run_p_of_a_missing_pid():
 
 
 def test_features():
-    assert interval.features_for(False, None) == ["dax", "syscalls", "mincore"]
+    assert interval.features_for(False, None) == ["dax"]
+    assert interval.features_for(False, None, syscalls=True) == ["dax", "syscalls", "mincore"]
+    assert interval.features_for(False, None, kprobes=True) == ["dax", "ksyscalls", "kmincore"]
     assert interval.features_for(True, None)[0] == "thp" and "faults" not in interval.features_for(True, None)
     assert "faults" in interval.features_for(True, 1)
 

@@ -19,6 +19,7 @@ Examples:
   pmemtrace top 5 10          # 10 refreshes, 5 s apart
   pmemtrace top -p 1234       # one process, per VMA
   pmemtrace top --exact       # every THP fault attributed by address (costs more)
+  pmemtrace top --syscalls    # also count madvise / MAP_SYNC / mincore calls without kprobes
   pmemtrace top 1 3 --json    # machine-readable, one object per interval
 """
 
@@ -71,13 +72,18 @@ def report(pid, show_all, as_json, duration, ebpf):
 @click.option("--dax-only", is_flag=True, help="Only processes with DAX mappings or DAX faults.")
 @click.option("--exact", is_flag=True, help="Attribute every THP fault by its address (BPF on the fault path).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per interval.")
+@click.option("--syscalls", is_flag=True,
+              help="Count mmap MAP_SYNC refusals, madvise and mincore calls also where the kernel has no "
+                   "kprobes, through syscall tracepoints: every syscall of every task then takes the slow path "
+                   "(measured: getppid loop at 0.88 of untraced). Where kprobes exist they are on by default at "
+                   "no such cost; `pmemtrace doctor` says which applies here.")
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the BPF program and exit.")
 @handle_errors
-def top(interval, count, noclear, maxrows, sort_key, pid, comm, dax_only, exact, as_json, ebpf):
+def top(interval, count, noclear, maxrows, sort_key, pid, comm, dax_only, exact, as_json, syscalls, ebpf):
     """Live huge-page vs small-page faults, per process (or per VMA with -p)."""
     from .views import top as view
     view.run(interval=interval, count=count, noclear=noclear, maxrows=maxrows, sort_key=sort_key,
-             pid=pid, comm=comm, dax_only=dax_only, exact=exact, as_json=as_json, ebpf=ebpf)
+             pid=pid, comm=comm, dax_only=dax_only, exact=exact, as_json=as_json, ebpf=ebpf, syscalls=syscalls)
 
 
 @cli.command()

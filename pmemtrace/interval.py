@@ -132,8 +132,11 @@ class Model:
 
     def __init__(self, exact: bool = False, pid: Optional[int] = None, comm: Optional[str] = None,
                  dax_only: bool = False, proc_sampler=None, vma_sampler=None, vma_cache=None,
-                 huge_small=None, fallbacks_known: bool = False, vma_budget: int = VMA_BUDGET):
+                 huge_small=None, fallbacks_known: bool = False, vma_budget: int = VMA_BUDGET,
+                 syscalls_known: bool = True, mincore_known: bool = True):
         self.vma_budget = vma_budget
+        # mmap/munmap/madvise (and mincore) are watched: their counts are numbers, else null
+        self.syscalls_known, self.mincore_known = syscalls_known, mincore_known
         self.fallbacks_known = fallbacks_known   # the DAX PMD probe is attached: its fallbacks are counted
         self.exact, self.pid, self.comm, self.dax_only = exact, pid, comm, dax_only
         self.detail = pid                  # whose VMAs are shown: -p PID, or chosen on the screen
@@ -149,6 +152,37 @@ class Model:
         self.procs.start()
         if self.vmas is not None:
             self.vmas.sample()
+
+    def initial_frame(self) -> dict:
+        """The state at start (after start()), shown at once instead of after one interval: the
+        processes that have memory mapped huge now, with their huge bytes and share; every count
+        is zero (an interval of length 0). Marked "initial": true. No smaps is read for it."""
+        state = self.procs.state
+        deltas = [sampler.ProcDelta(t.pid, t.comm, 0, 0, t.huge.huge, t.huge.rss + t.huge.hugetlb)
+                  for t in state.values() if t.huge.huge and (self.pid is None or t.pid == self.pid)]
+        g = sampler.Globals({k: 0 for k in sampler.VMSTAT_KEYS}, {})
+        s = sampler.Sample(time.time(), 0.0, deltas, None, [], g, state)
+        budget, self.vma_budget = self.vma_budget, 0
+        try:
+            rows = self._process_rows(s, {}, {})
+        finally:
+            self.vma_budget = budget
+        frame = {"time": round(s.time, 3), "interval": 0.0, "mode": "exact" if self.exact else "default",
+                 "lost_events": 0, "system": self._system(s, aggregate.ProbeCounts()), "processes": rows,
+                 "initial": True}
+        prev = getattr(self.vmas, "prev", None)
+        if self.detail is not None and prev is not None:
+            frame["pid"] = self.detail
+            vmas = []
+            for v in prev:
+                if not (v.huge.huge or v.huge.small):
+                    continue
+                m = procfs.MapEntry(v.start, v.end, v.perms, 0, v.dev, v.inode, v.path)
+                vmas.append(self._vma_row(v.start, v.end, v.perms, backing(v.path, v.perms), v.huge.huge,
+                                          v.huge.small, 0, 0, self._dax_of(m) if v.inode else "none",
+                                          "sf" in v.vmflags, aggregate.VmaCounts(), v.vmflags))
+            frame["vmas"] = vmas if self.syscalls_known else [self._unwatched(r) for r in vmas]
+        return frame
 
     def step(self, counts: aggregate.ProbeCounts) -> dict:
         touched = _syscall_pids(counts)
@@ -200,7 +234,7 @@ class Model:
                 vc = bpf.get(v.start)
                 if vc is not None:
                     vmas.append(self._vma_row(v.start, v.end, v.perms, backing(v.path, v.perms), 0, 0,
-                                              vc.faults, vc.huge_faults, "none", "sf" in v.vmflags, vc))
+                                              vc.faults, vc.huge_faults, "none", "sf" in v.vmflags, vc, v.vmflags))
             if aggregate.UNMAPPED in bpf:
                 vc = bpf[aggregate.UNMAPPED]
                 vmas.append(self._vma_row(None, None, "", aggregate.UNMAPPED, 0, 0, vc.faults, vc.huge_faults,
@@ -289,8 +323,8 @@ class Model:
             if r["huge_faults"] is None:
                 r["huge_faults"] = 0
             r.setdefault("dax_faults", {})
-            r.setdefault("map_sync_refusals", 0)
-            r.setdefault("madvise_calls", 0)
+            r.setdefault("map_sync_refusals", 0 if self.syscalls_known else None)
+            r.setdefault("madvise_calls", 0 if self.syscalls_known else None)
         # DAX / VM_SYNC VMA counts need a full smaps read: busiest processes first, at
         # most vma_budget reads an interval (cached counts are free); the rest show null.
         budget = self.vma_budget
@@ -311,6 +345,8 @@ class Model:
                         self.procs.tick()
             r["dax_vmas"] = vc.dax if vc else None
             r["vm_sync_vmas"] = vc.vm_sync if vc else None
+            r["hugepage_vmas"] = vc.hugepage if vc else None        # VmFlags hg: MADV_HUGEPAGE
+            r["nohugepage_vmas"] = vc.nohugepage if vc else None    # VmFlags nh: MADV_NOHUGEPAGE
         out = list(rows.values())
         if s.exited is not None and self.pid is None:
             e = s.exited
@@ -322,8 +358,10 @@ class Model:
             if e.faults or huge:
                 out.append({"pid": None, "comm": sampler.EXITED_COMM, "faults": e.faults, "huge_faults": huge,
                             "fallbacks": None, "huge_share": None, "rss_bytes": None, "huge_bytes": None,
-                            "new": False, "exited": True, "dax_faults": {}, "map_sync_refusals": 0,
-                            "madvise_calls": 0, "dax_vmas": None, "vm_sync_vmas": None})
+                            "new": False, "exited": True, "dax_faults": {},
+                            "map_sync_refusals": 0 if self.syscalls_known else None,
+                            "madvise_calls": 0 if self.syscalls_known else None, "dax_vmas": None,
+                            "vm_sync_vmas": None, "hugepage_vmas": None, "nohugepage_vmas": None})
         return [r for r in out if self._wanted(r)]
 
     def _wanted(self, r: dict) -> bool:
@@ -366,18 +404,27 @@ class Model:
                 huge = vc.dax.get("pmd_huge", 0)
                 faults = sum(vc.dax.get(k, 0) for k in DAX_FAULT_OUTCOMES)
             rows.append(self._vma_row(d.start, d.end, d.perms, backing(d.path, d.perms), huge_b, small_b,
-                                      faults, huge, dax, d.vm_sync, vc))
+                                      faults, huge, dax, d.vm_sync, vc, d.vmflags))
         if aggregate.UNMAPPED in bpf:
             vc = bpf[aggregate.UNMAPPED]
             rows.append(self._vma_row(None, None, "", aggregate.UNMAPPED, 0, 0, vc.faults, vc.huge_faults,
                                       "none", False, vc))
-        return [r for r in rows if r["huge_bytes"] or r["small_bytes"] or r["faults"] or r["huge_faults"]
+        rows = [r for r in rows if r["huge_bytes"] or r["small_bytes"] or r["faults"] or r["huge_faults"]
                 or r["madvise"] or r["map_sync_refusals"] or r["dax_faults"]]
+        return rows if self.syscalls_known else [self._unwatched(r) for r in rows]
 
     @staticmethod
-    def _vma_row(start, end, perms, back, huge_b, small_b, faults, huge, dax, vm_sync, vc) -> dict:
+    def _unwatched(r: dict) -> dict:
+        """mmap / madvise were not watched: their per-VMA counts are unknown (null), not zero."""
+        return {**r, "map_sync_requests": None, "map_sync_refusals": None, "madvise": None}
+
+    @staticmethod
+    def _vma_row(start, end, perms, back, huge_b, small_b, faults, huge, dax, vm_sync, vc, vmflags=None) -> dict:
         return {"start": start, "end": end, "perms": perms, "backing": back, "huge_bytes": huge_b,
                 "small_bytes": small_b, "faults": faults, "huge_faults": huge, "dax": dax, "vm_sync": vm_sync,
+                # smaps VmFlags hg / nh: the VMA's madvise(MADV_HUGEPAGE / NOHUGEPAGE) state, in every mode
+                "vm_hugepage": None if vmflags is None else "hg" in vmflags,
+                "vm_nohugepage": None if vmflags is None else "nh" in vmflags,
                 "dax_faults": {k: v for k, v in vc.dax.items() if v}, "map_sync_requests": vc.map_sync_requests,
                 "map_sync_refusals": vc.map_sync_refusals, "madvise": dict(vc.madvise)}
 

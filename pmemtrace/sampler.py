@@ -419,6 +419,8 @@ def vma_dax(pid: int, m: procfs.MapEntry) -> str:
 class VmaCounts:
     dax: int
     vm_sync: int
+    hugepage: int = 0       # VmFlags hg: madvise(MADV_HUGEPAGE)
+    nohugepage: int = 0     # VmFlags nh: madvise(MADV_NOHUGEPAGE)
 
 
 def vma_counts(pid: int, blocks: List[procfs.Smaps], dax_of: Callable[[int, procfs.MapEntry], str] = vma_dax,
@@ -436,4 +438,5 @@ def vma_counts(pid: int, blocks: List[procfs.Smaps], dax_of: Callable[[int, proc
             cache[key] = dax_of(pid, b.map)
         dax += cache[key] != "none"
     sync = sum(1 for b in blocks if "sf" in b.vmflags)
-    return VmaCounts(dax, sync)
+    return VmaCounts(dax, sync, sum(1 for b in blocks if "hg" in b.vmflags),
+                     sum(1 for b in blocks if "nh" in b.vmflags))

@@ -409,8 +409,9 @@ def test_run_json_with_no_probes():
     out = io.StringIO()
     assert top.run(interval=0.2, count=2, as_json=True, probes_factory=lambda f, p: interval.NoProbes(), out=out) == 0
     lines = out.getvalue().splitlines()
-    assert len(lines) == 2
-    for line in lines:
+    assert len(lines) == 3                     # the state at start, then two intervals
+    assert json.loads(lines[0])["initial"] is True
+    for line in lines[1:]:
         frame = json.loads(line)
         assert frame["interval"] > 0 and frame["lost_events"] == 0
         for r in frame["processes"]:

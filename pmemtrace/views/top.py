@@ -148,9 +148,25 @@ def ebpf_text(features: List[str], pid: Optional[int]) -> str:
     return loader.build_text(features, pid, kernel.ensure_tracefs())[0]
 
 
+def watched(features: List[str], missing: dict, names) -> bool:
+    """One of the loader features in names is on and none of its attachments is missing."""
+    from .. import loader
+    on = [f for f in names if f in features]
+    return bool(on) and not any(a.id in missing for f in on for a in loader.ATTACHMENTS[f])
+
+
+def syscall_kprobes_here() -> bool:
+    """Can mmap/munmap/madvise/mincore be kprobed here (so default top watches them for free)?"""
+    from .. import loader
+    return loader.syscall_kprobes()[0]
+
+
 def run(interval=1.0, count=None, noclear=False, maxrows=20, sort_key="huge_faults", pid=None, comm=None,
-        dax_only=False, exact=False, as_json=False, ebpf=False, probes_factory=open_probes, out=None):
-    features = features_for(exact, pid)
+        dax_only=False, exact=False, as_json=False, ebpf=False, probes_factory=open_probes, out=None,
+        syscalls=False, kprobes=None):
+    if kprobes is None:
+        kprobes = syscall_kprobes_here()
+    features = features_for(exact, pid, syscalls, kprobes)
     out = out or sys.stdout
     if ebpf:
         out.write(ebpf_text(features, pid))
@@ -174,14 +190,18 @@ def run(interval=1.0, count=None, noclear=False, maxrows=20, sort_key="huge_faul
         missing = getattr(probes, "missing", {}) or {}
         model = Model(exact=exact, pid=pid, comm=comm, dax_only=dax_only, huge_small=huge_small,
                       fallbacks_known=("fs_dax:dax_pmd_fault_done" not in missing and "dax" in features
-                                       and not isinstance(probes, NoProbes)))
+                                       and not isinstance(probes, NoProbes)),
+                      syscalls_known=watched(features, missing, ("syscalls", "ksyscalls")),
+                      mincore_known=watched(features, missing, ("mincore", "kmincore")))
         model.procs.tick = lambda: probes.poll(0)
         model.start()
         probes.snapshot()          # start the first interval with empty maps
         state = ViewState(sort_key=sort_key)
+        first = model.initial_frame()     # the state now, at once; then one frame per interval
         if tty:
-            _loop_tty(model, probes, interval, count, noclear, maxrows, state, out)
+            _loop_tty(model, probes, interval, count, noclear, maxrows, state, out, first)
         else:
+            _emit(out, first, state, maxrows, as_json)
             _loop_lines(model, probes, interval, count, maxrows, state, as_json, out)
     except (KeyboardInterrupt, _Stop):
         pass
@@ -234,12 +254,12 @@ def _emit(out, frame, state, maxrows, as_json) -> None:
     out.flush()
 
 
-def _loop_tty(model, probes, interval, count, noclear, maxrows, state, out) -> None:
+def _loop_tty(model, probes, interval, count, noclear, maxrows, state, out, first=None) -> None:
     from rich.console import Console
     from rich.live import Live
     console = Console(file=out)
     policy, release = kernel.thp_policy(), kernel.release()
-    holder = {"state": state, "frame": None, "redraw": False}
+    holder = {"state": state, "frame": first, "redraw": False}
 
     def on_key(key):
         before = holder["state"]
@@ -271,6 +291,11 @@ def _loop_tty(model, probes, interval, count, noclear, maxrows, state, out) -> N
                         auto_refresh=False, transient=True)
             live.start()
         try:
+            if first is not None:        # the state at start, at once
+                if live is not None:
+                    live.update(draw(), refresh=True)
+                else:
+                    console.print(draw())
             deadline += interval
             while count is None or n < count:
                 _wait(probes, deadline, keys, on_key)

@@ -46,7 +46,15 @@ def _vma_cells(v: dict, seconds: float = 0.0) -> List[str]:
         back = "..." + back[-37:]
     return [start, end, back, human_bytes(v["huge_bytes"], unknown="-"), human_bytes(v["small_bytes"], unknown="-"),
             fmt_count(v["faults"], seconds), fmt_count(v["huge_faults"], seconds), v["dax"],
-            "yes" if v["vm_sync"] else "no", str(sum(v["madvise"].values())), str(v["map_sync_refusals"])]
+            "yes" if v["vm_sync"] else "no", _madv_cell(v), fmt_count(v["map_sync_refusals"])]
+
+
+def _madv_cell(v: dict) -> str:
+    """madvise calls seen in the interval; where madvise is not watched (null), the VMA's
+    standing advice from smaps VmFlags instead: hg (MADV_HUGEPAGE), nh (MADV_NOHUGEPAGE) or -."""
+    if v["madvise"] is not None:
+        return str(sum(v["madvise"].values()))
+    return "hg" if v.get("vm_hugepage") else "nh" if v.get("vm_nohugepage") else "-"
 
 
 def _system_summary(frame: dict, seconds: float = 0.0) -> str:

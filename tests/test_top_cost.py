@@ -1,0 +1,197 @@
+"""What default `top` attaches, and what it reads, so that watching costs little (issue 13).
+
+Unit tier: the loader's plan on a tracefs tree built from formats captured on 6.18
+(tests/fixtures/tracefs-6.18), with and without kprobes; the null meaning of syscall counts
+that were not watched; the first frame, shown before the first interval; the /proc/PID/stat
+scanner that keeps files open and skips unchanged processes. Speed itself is measured in
+bench/bench.py, not here."""
+import io
+import json
+import os
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from pmemtrace import cli, interval, loader, procfs, sampler
+from pmemtrace.views import top
+
+FIX = os.path.join(os.path.dirname(__file__), "fixtures")
+FORMATS = os.path.join(FIX, "tracefs-6.18")
+ENUMS = {"THP_FAULT_ALLOC_ITEM": 3, "THP_FILE_ALLOC_ITEM": 7, "VM_FAULT_NOPAGE_BIT": 0x100,
+         "VM_FAULT_FALLBACK_BIT": 0x800, "VM_FAULT_NEEDDSYNC_BIT": 0x2000}
+SYSCALL_TPS = {"syscalls:sys_enter_mmap", "syscalls:sys_exit_mmap", "syscalls:sys_enter_munmap",
+               "syscalls:sys_enter_madvise", "syscalls:sys_enter_mincore", "syscalls:sys_exit_mincore"}
+KSYSCALLS = {"ksyscall:mmap", "ksyscall:munmap", "ksyscall:madvise", "ksyscall:mincore"}
+KALLSYMS = "".join(f"ffffffff81000000 T __x64_sys_{c}\nffffffff81000100 T __ia32_sys_{c}\n"
+                   for c in ("mmap", "munmap", "madvise", "mincore"))
+
+
+@pytest.fixture
+def tracefs(tmp_path):
+    """A tracefs tree: every event pmemtrace uses, formats from 6.18; no kprobe_events (as here)."""
+    root = tmp_path / "tracing"
+    for name in os.listdir(FORMATS):
+        if name.startswith(("sys_", "dax_")):
+            cat = "syscalls" if name.startswith("sys_") else "fs_dax"
+            d = root / "events" / cat / name[:-len(".format")]
+            d.mkdir(parents=True)
+            shutil.copy(os.path.join(FORMATS, name), d / "format")
+    for raw in ("exceptions/page_fault_user", "memcg/count_memcg_events"):
+        (root / "events" / raw).mkdir(parents=True)
+    return root
+
+
+def attached(tracefs_root, exact=False, pid=None, syscalls=False, kprobes=False):
+    feats = interval.features_for(exact, pid, syscalls, kprobes)
+    text, usable, missing = loader.build_text(feats, pid, str(tracefs_root), ENUMS)
+    return {a.id for a in usable}, text, missing
+
+
+def with_kprobes(tracefs_root, monkeypatch, kallsyms=KALLSYMS):
+    (tracefs_root / "kprobe_events").write_text("")
+    monkeypatch.setattr(loader, "kallsyms_text", lambda path="/proc/kallsyms": kallsyms)
+
+
+# ----------------------------------------------------------------- what is attached in each mode
+
+def test_default_top_without_kprobes_attaches_no_syscall_tracepoint(tracefs):
+    ids, text, missing = attached(tracefs)
+    assert ids == {i for i in ids if i.startswith("fs_dax:")} and len(ids) == 6
+    assert not ids & SYSCALL_TPS and "on_sys_enter" not in text and "on_ksys_" not in text
+    assert missing == {}
+
+
+def test_syscalls_flag_opts_in_to_the_tracepoints(tracefs):
+    ids, text, _ = attached(tracefs, syscalls=True)
+    assert SYSCALL_TPS <= ids and not ids & KSYSCALLS
+    assert "FEATURE_SYSCALLS 1" in text and "FEATURE_MINCORE 1" in text
+
+
+def test_default_top_with_kprobes_probes_the_syscall_functions(tracefs, monkeypatch):
+    with_kprobes(tracefs, monkeypatch)
+    assert loader.syscall_kprobes(tracefs=str(tracefs)) == (
+        True, "kprobes on __x64_sys_mmap, __x64_sys_munmap, __x64_sys_madvise, __x64_sys_mincore")
+    for syscalls in (False, True):            # --syscalls changes nothing where kprobes exist
+        ids, text, missing = attached(tracefs, syscalls=syscalls, kprobes=True)
+        assert KSYSCALLS <= ids and not ids & SYSCALL_TPS
+        assert "#define SYSCALL_WRAPPER 1" in text and "probes/ksyscalls.c" in text
+        assert "probes/syscalls.c ----" not in text and missing == {}
+
+
+def test_kprobes_on_a_kernel_without_syscall_wrappers(tracefs, monkeypatch):
+    with_kprobes(tracefs, monkeypatch, "".join(f"c0000000 T sys_{c}\n" for c in ("mmap", "munmap", "madvise",
+                                                                                   "mincore")))
+    ids, text, _ = attached(tracefs, kprobes=True)
+    assert KSYSCALLS <= ids and "#define SYSCALL_WRAPPER" not in text
+
+
+def test_a_missing_syscall_symbol_drops_only_that_call(tracefs, monkeypatch):
+    with_kprobes(tracefs, monkeypatch, KALLSYMS.replace("__x64_sys_mincore\n", "__x64_sys_mincore_x\n"))
+    assert loader.syscall_kprobes(tracefs=str(tracefs))[0] is False
+    ids, _, missing = attached(tracefs, kprobes=True)
+    assert "ksyscall:mincore" not in ids and "ksyscall:mmap" in ids
+    assert missing == {"ksyscall:mincore": "kprobes, but no syscall function for mincore in /proc/kallsyms"}
+
+
+def test_exact_adds_the_fault_path_only(tracefs):
+    ids, _, _ = attached(tracefs, exact=True)
+    assert {"exceptions:page_fault_user", "memcg:count_memcg_events"} <= ids and not ids & SYSCALL_TPS
+
+
+def test_tracepoints_and_kprobes_are_alternatives(tracefs):
+    with pytest.raises(ValueError, match="alternatives"):
+        loader.build_text(["syscalls", "kmincore"], None, str(tracefs), ENUMS)
+
+
+def test_syscall_symbol():
+    assert loader.syscall_symbol("mmap", KALLSYMS) == "__x64_sys_mmap"
+    assert loader.syscall_symbol("mmap", "ffff T __arm64_sys_mmap\n") == "__arm64_sys_mmap"
+    assert loader.syscall_symbol("mmap", "ffff T __x64_sys_mmap_pgoff\n") is None
+    assert loader.syscall_symbol("mmap", "") is None
+
+
+def test_run_picks_the_mechanism(monkeypatch):
+    """top.run asks the loader for kprobes and chooses the features from that and --syscalls."""
+    seen = []
+
+    def factory(features, pid):
+        seen.append(list(features))
+        return interval.NoProbes()
+    for kprobes, syscalls, want in ((False, False, ["dax"]), (False, True, ["dax", "syscalls", "mincore"]),
+                                    (True, False, ["dax", "ksyscalls", "kmincore"])):
+        monkeypatch.setattr(top, "syscall_kprobes_here", lambda k=kprobes: k)
+        top.run(interval=0.1, count=1, as_json=True, probes_factory=factory, out=io.StringIO(), syscalls=syscalls)
+        assert seen[-1] == want
+
+
+def test_cli_syscalls_flag(monkeypatch):
+    got = {}
+    monkeypatch.setattr(top, "run", lambda **kw: got.update(kw) or 0)
+    r = CliRunner().invoke(cli.cli, ["top", "1", "1", "--syscalls"])
+    assert r.exit_code == 0, r.output
+    assert got["syscalls"] is True
+    CliRunner().invoke(cli.cli, ["top", "1", "1"])
+    assert got["syscalls"] is False
+    help_text = CliRunner().invoke(cli.cli, ["top", "--help"]).output
+    assert "--syscalls" in help_text and "getppid loop at" in help_text
+
+
+# ----------------------------------------------------------------- null where not watched
+
+def json_frames(**kw):
+    out = io.StringIO()
+    top.run(interval=0.1, count=1, as_json=True, probes_factory=lambda f, p: interval.NoProbes(), out=out, **kw)
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_unwatched_syscall_counts_are_null(monkeypatch):
+    monkeypatch.setattr(top, "syscall_kprobes_here", lambda: False)
+    frames = json_frames(pid=os.getpid())
+    rows = [r for f in frames for r in f["processes"] if r["pid"] == os.getpid()]
+    assert rows and all(r["map_sync_refusals"] is None and r["madvise_calls"] is None for r in rows)
+    vmas = [v for f in frames for v in f.get("vmas", [])]
+    assert vmas and all(v["madvise"] is None and v["map_sync_refusals"] is None for v in vmas)
+    assert all(isinstance(v["vm_hugepage"], bool) and isinstance(v["vm_nohugepage"], bool) for v in vmas)
+    frames = json_frames(pid=os.getpid(), syscalls=True)
+    rows = [r for f in frames for r in f["processes"] if r["pid"] == os.getpid()]
+    assert all(r["map_sync_refusals"] == 0 and r["madvise_calls"] == 0 for r in rows)
+
+
+def test_madv_cell_falls_back_to_vmflags():
+    from pmemtrace.views import top_render
+    v = {"madvise": None, "vm_hugepage": True, "vm_nohugepage": False}
+    assert top_render._madv_cell(v) == "hg"
+    assert top_render._madv_cell({**v, "vm_hugepage": False, "vm_nohugepage": True}) == "nh"
+    assert top_render._madv_cell({**v, "vm_hugepage": False}) == "-"
+    assert top_render._madv_cell({**v, "madvise": {"HUGEPAGE": 2, "COLLAPSE": 1}}) == "3"
+
+
+def test_vma_counts_count_hg_and_nh():
+    text = open(os.path.join(FIX, "proc-6.18-kinds", "smaps")).read()
+    blocks = procfs.parse_smaps(text)
+    vc = sampler.vma_counts(1, blocks, dax_of=lambda pid, m: "none")
+    assert vc.hugepage == sum("hg" in b.vmflags for b in blocks)
+    assert vc.nohugepage == sum("nh" in b.vmflags for b in blocks)
+    assert vc.hugepage + vc.nohugepage > 0
+
+
+# ----------------------------------------------------------------- the first frame at once
+
+def test_first_frame_is_the_state_at_start(monkeypatch):
+    monkeypatch.setattr(top, "syscall_kprobes_here", lambda: False)
+    frames = json_frames()
+    assert len(frames) == 2                     # the state at start, then COUNT intervals
+    first, second = frames
+    assert first["initial"] is True and first["interval"] == 0.0 and "initial" not in second
+    assert all(r["faults"] == 0 and r["huge_faults"] == 0 and r["huge_bytes"] > 0 for r in first["processes"])
+    assert set(first["system"]["vmstat"]) == set(sampler.VMSTAT_KEYS)
+    assert not any(first["system"]["vmstat"].values())
+
+
+def test_first_frame_of_top_p_has_the_vmas():
+    frames = json_frames(pid=os.getpid(), kprobes=False)
+    first = frames[0]
+    assert first["initial"] and first["pid"] == os.getpid() and first["vmas"]
+    assert all(v["faults"] == 0 and v["huge_faults"] == 0 for v in first["vmas"])
+    assert sum(v["small_bytes"] + v["huge_bytes"] for v in first["vmas"]) > 0

@@ -237,6 +237,58 @@ def test_no_dax_anywhere(tmp_path):
     assert checks[1].detail.startswith("no filesystem mounted with dax")
 
 
+# ------------------------------------------------------------------ top's mechanisms
+
+def _tracing(tmp_path, events=("syscalls/sys_enter_mmap", "fs_dax/dax_pmd_fault_done"), kprobes=False):
+    tracing = tmp_path / "tracing"
+    tracing.mkdir()
+    for e in events:
+        (tracing / "events" / e).mkdir(parents=True)
+    if kprobes:
+        (tracing / "kprobe_events").write_text("")
+    return str(tracing)
+
+
+def test_top_mechanisms_with_kprobes(tmp_path):
+    tracing = _tracing(tmp_path, kprobes=True)
+    from pmemtrace import loader
+    kallsyms = "".join(f"ffffffff81000000 T __x64_sys_{c}\n" for c in ("mmap", "munmap", "madvise", "mincore"))
+    checks = {c.name: c for c in D.check_top_mechanisms(loader.syscall_kprobes(tracefs=tracing,
+                                                                               kallsyms=kallsyms), tracing)}
+    c = checks["top: mmap/munmap/madvise/mincore"]
+    assert c.status == "OK" and c.fix == ""
+    assert c.detail.startswith("kprobes on __x64_sys_mmap, __x64_sys_munmap, __x64_sys_madvise, "
+                               "__x64_sys_mincore: only these calls pay, so default top watches them")
+    assert checks["top: DAX faults"].status == "OK"
+    assert checks["top: MAP_SYNC / madvise state"].detail.startswith("smaps VmFlags sf (VM_SYNC")
+
+
+def test_top_mechanisms_tracepoints_only(tmp_path):
+    """This development machine: no kprobes; the syscall watch is opt-in (--syscalls), and says why."""
+    tracing = _tracing(tmp_path)
+    from pmemtrace import loader
+    checks = {c.name: c for c in D.check_top_mechanisms(loader.syscall_kprobes(tracefs=tracing, kallsyms=""),
+                                                        tracing)}
+    c = checks["top: mmap/munmap/madvise/mincore"]
+    assert c.status == "WARN"
+    assert c.detail.startswith("this kernel has no kprobes (no kprobe_events in tracefs), and fentry is not used")
+    assert "slow every syscall of every task (about 12% on a getppid loop" in c.detail
+    assert c.fix == "`pmemtrace top --syscalls` when that cost is acceptable"
+
+
+def test_top_mechanisms_kprobes_without_symbols_and_no_tracepoints(tmp_path):
+    tracing = _tracing(tmp_path, events=(), kprobes=True)
+    from pmemtrace import loader
+    kallsyms = "ffffffff81000000 T __x64_sys_mmap\n"
+    checks = {c.name: c for c in D.check_top_mechanisms(loader.syscall_kprobes(tracefs=tracing,
+                                                                               kallsyms=kallsyms), tracing)}
+    c = checks["top: mmap/munmap/madvise/mincore"]
+    assert c.status == "WARN"
+    assert c.detail.startswith("kprobes, but no syscall function for munmap, madvise, mincore in /proc/kallsyms")
+    assert checks["top: DAX faults"].status == "WARN"
+    assert D.check_top_mechanisms((True, "x"), None)[0].status == "WARN"
+
+
 # ------------------------------------------------------------------ probes
 
 def test_probes_not_tried_after_a_fail():
@@ -249,7 +301,7 @@ def test_probes_load_and_skipped_ones():
     checks = D.check_probes(True, lambda: (12, {"fs_dax:dax_load_hole": "format lacks ino: no x"},
                                            ["thp", "dax"]))
     assert statuses(checks) == [("probes load", "OK"), ("probes skipped", "WARN")]
-    assert checks[0].detail == "12 tracepoints compiled, loaded and attached (thp, dax), then detached"
+    assert checks[0].detail == "12 probes compiled, loaded and attached (thp, dax), then detached"
     assert checks[1].detail == "fs_dax:dax_load_hole: format lacks ino: no x"
     assert statuses(D.check_probes(True, lambda: (14, {}, ["thp"]))) == [("probes load", "OK")]
 
@@ -389,10 +441,18 @@ def test_doctor_tells_this_machines_truth():
     kprobes = os.path.exists(f"{tracing}/kprobe_events")
     assert (rows["device-dax faults"][1] == "dev_dax_huge_fault kprobe possible") == kprobes
     from pmemtrace import loader
-    wanted = {a.id for f in loader.FEATURES for a in loader.ATTACHMENTS[f]}
-    here = sorted(i for i in wanted if os.path.isdir(f"{tracing}/events/{i.replace(':', '/')}"))
+    kprobes, why = loader.syscall_kprobes()
+    alt = ("syscalls", "mincore") if kprobes else ("ksyscalls", "kmincore")
+    wanted = {a.id for f in loader.FEATURES if f not in alt for a in loader.ATTACHMENTS[f]}
+    here = sorted(i for i in wanted if os.path.isdir(f"{tracing}/events/{i.replace(':', '/')}")
+                  or (i.startswith("ksyscall:") and kprobes))
     status, finding = rows["probes load"]
-    assert status == "OK" and finding.startswith(f"{len(here)} tracepoints compiled, loaded and attached")
+    assert status == "OK" and finding.startswith(f"{len(here)} probes compiled, loaded and attached")
+    # which mechanism top's syscall watch uses here, and why
+    status, finding = rows["top: mmap/munmap/madvise/mincore"]
+    assert (status, finding.startswith(why)) == ("OK" if kprobes else "WARN", True)
+    assert ("only these calls pay" in finding) == kprobes
+    assert rows["top: faults"][0] == "OK"
     assert ("probes skipped" in rows) == (len(here) < len(wanted))
     assert p.stdout.rstrip().splitlines()[-1].startswith("pmemtrace can run here")
 

@@ -303,11 +303,60 @@ def check_dax(bus: str = DAX_BUS, dev: str = "/dev", mountinfo: str = MOUNTINFO,
     return checks
 
 
+SYSCALL_TRACEPOINT_COST = "about 12% on a getppid loop (bench/bench.py)"
+
+
+def check_top_mechanisms(kprobes: Tuple[bool, str], tracefs: Optional[str],
+                         exists: Callable = kernel.tracepoint_exists) -> List[Check]:
+    """Which mechanism each of top's features uses on this machine, and why.
+
+    ``kprobes`` is loader.syscall_kprobes(): (usable, why)."""
+    if not tracefs:
+        return [Check("top mechanisms", WARN, "not checked (no readable tracefs)", "run as root")]
+    ok, why = kprobes
+    checks = [Check("top: faults", OK, "per process from /proc/PID/stat (minflt + majflt) and smaps_rollup "
+                    "(huge bytes gained): no BPF on the fault path; --exact adds the raw tracepoints "
+                    "exceptions:page_fault_user and memcg:count_memcg_events")]
+    dax = exists("fs_dax", "dax_pmd_fault_done", tracefs)
+    checks.append(Check("top: DAX faults", OK if dax else WARN,
+                        "fs_dax tracepoints (they fire on DAX faults only)" if dax
+                        else "no fs_dax tracepoints on this kernel: no DAX fault outcomes"))
+    have_tp = exists("syscalls", "sys_enter_mmap", tracefs)
+    if ok:
+        checks.append(Check("top: mmap/munmap/madvise/mincore", OK,
+                            f"{why}: only these calls pay, so default top watches them (MAP_SYNC "
+                            "refusals, madvise calls, the mincore panel); syscall tracepoints are not used "
+                            f"(any one of them slows every syscall of every task, {SYSCALL_TRACEPOINT_COST})"))
+    elif have_tp:
+        checks.append(Check("top: mmap/munmap/madvise/mincore", WARN,
+                            f"{why}, and fentry is not used: the only way to watch these calls here is "
+                            "syscall tracepoints, which slow every syscall of every task "
+                            f"({SYSCALL_TRACEPOINT_COST}), so default top does not: MAP_SYNC refusals, "
+                            "madvise calls and mincore are null",
+                            "`pmemtrace top --syscalls` when that cost is acceptable"))
+    else:
+        checks.append(Check("top: mmap/munmap/madvise/mincore", WARN,
+                            f"{why}, and no syscall tracepoints: MAP_SYNC refusals, madvise calls and "
+                            "mincore cannot be watched", "a kernel with kprobes or CONFIG_FTRACE_SYSCALLS"))
+    checks.append(Check("top: MAP_SYNC / madvise state", OK,
+                        "smaps VmFlags sf (VM_SYNC: mapped with MAP_SYNC), hg / nh (MADV_HUGEPAGE / "
+                        "MADV_NOHUGEPAGE), per process at most every 10 s, in every mode"))
+    return checks
+
+
+def _syscall_kprobes(tracefs: Optional[str]) -> Tuple[bool, str]:
+    from .. import loader
+    return loader.syscall_kprobes(tracefs=tracefs)
+
+
 def _load_all_probes() -> Tuple[int, Dict[str, str], List[str]]:
     """Compile, load and attach every probe pmemtrace has (the 'faults' feature is the same
-    programs filtered by pid), then detach. Only loader.py touches bcc."""
+    programs filtered by pid), then detach. Only loader.py touches bcc. The syscall watch is
+    loaded in the one form top uses here (kprobes where usable, else the tracepoints)."""
     from .. import loader
-    features = [f for f in loader.FEATURES if f not in ("faults", "devdax")]   # devdax: its own line
+    skip = {"faults", "devdax"}                          # devdax: its own line
+    skip |= {"syscalls", "mincore"} if loader.syscall_kprobes()[0] else {"ksyscalls", "kmincore"}
+    features = [f for f in loader.FEATURES if f not in skip]
     probes = loader.Probes(features)
     probes.start()
     probes.close()
@@ -322,7 +371,7 @@ def check_probes(ready: bool, load: Callable = _load_all_probes) -> List[Check]:
         n, missing, features = load()
     except PmemtraceError as e:
         return [Check("probes load", FAIL, str(e), "see the lines above; `pmemtrace top --ebpf` prints the program")]
-    checks = [Check("probes load", OK, f"{n} tracepoints compiled, loaded and attached "
+    checks = [Check("probes load", OK, f"{n} probes compiled, loaded and attached "
                     f"({', '.join(features)}), then detached")]
     if missing:
         checks.append(Check("probes skipped", WARN, "; ".join(f"{k}: {v}" for k, v in sorted(missing.items()))))
@@ -344,6 +393,7 @@ def collect() -> List[Check]:
     checks += check_thp(kernel.thp_policy())
     checks += check_hugetlb(kernel.hugetlb_pools())
     checks += check_dax(tracefs=root)
+    checks += check_top_mechanisms(_syscall_kprobes(root) if root else (False, "no tracefs"), root)
     checks += check_probes(not any(c.status == FAIL for c in checks))
     return checks
 

@@ -52,6 +52,90 @@ def scan_stats(proc: str = procfs.PROC) -> Dict[int, StatLine]:
     return out
 
 
+class StatScanner:
+    """scan_stats for a loop: each /proc/PID/stat is opened once and kept open, then read with
+    one pread per interval; a process whose stat bytes did not change since the last pass is
+    not parsed again (its StatLine is the same object as before). An idle process costs one
+    pread and one bytes comparison. A pid that exits makes pread fail (ESRCH): its file is
+    closed, and a new process that reuses the pid is opened afresh. At most ``max_open``
+    files are kept; beyond that a process is opened, read and closed each pass as before."""
+
+    def __init__(self, proc: str = procfs.PROC, max_open: Optional[int] = None):
+        self.proc = proc
+        self.max_open = open_file_budget() if max_open is None else max_open
+        self.fds: Dict[int, int] = {}
+        self.seen: Dict[int, Tuple[bytes, Optional[StatLine]]] = {}
+
+    def _read(self, pid: int) -> Optional[bytes]:
+        fd = self.fds.get(pid)
+        if fd is not None:
+            try:
+                return os.pread(fd, 1024, 0)
+            except OSError:              # the process is gone (the pid may come back as another)
+                os.close(self.fds.pop(pid))
+        try:
+            fd = os.open(f"{self.proc}/{pid}/stat", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            data = os.pread(fd, 1024, 0)
+        except OSError:
+            os.close(fd)
+            return None
+        if len(self.fds) < self.max_open:
+            self.fds[pid] = fd
+        else:
+            os.close(fd)
+        return data
+
+    def scan(self) -> Dict[int, StatLine]:
+        out: Dict[int, StatLine] = {}
+        seen: Dict[int, Tuple[bytes, Optional[StatLine]]] = {}
+        for name in os.listdir(self.proc):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            data = self._read(pid)
+            if data is None:
+                continue
+            old = self.seen.get(pid)
+            st = old[1] if old is not None and old[0] == data else procfs.parse_stat(data)
+            seen[pid] = (data, st)
+            if st is not None and not st.kthread:
+                out[pid] = st
+        for pid in [p for p in self.fds if p not in seen]:
+            os.close(self.fds.pop(pid))
+        self.seen = seen
+        return out
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def __del__(self):
+        try:
+            self.close()
+        except OSError:
+            pass
+
+
+def open_file_budget(reserve: int = 256) -> int:
+    """How many /proc/PID/stat files a scanner may keep open: the soft RLIMIT_NOFILE, raised to
+    the hard limit when allowed, less a reserve for everything else (bcc's maps and buffers)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    limit = 1 << 20 if soft == resource.RLIM_INFINITY else soft
+    return max(0, min(limit, 1 << 20) - reserve)
+
+
 # ----------------------------------------------------------------- huge bytes
 
 @dataclass(frozen=True)
@@ -163,6 +247,7 @@ class Tracked:
     comm: str
     faults: int
     huge: HugeBytes
+    rss_pages: int = -1     # from stat; -1: not known
 
 
 @dataclass
@@ -194,8 +279,9 @@ def process_deltas(prev: Dict[int, Tracked], stats: Dict[int, StatLine],
     Returns (new state, deltas of processes with activity, pids that are gone).
     A pid seen for the first time (or reused: different starttime) started during the
     interval unless ``baseline`` (the first sample), so everything it has is new.
-    ``read_huge`` is called only for processes whose faults moved, new processes, and
-    ``also_read``; on the baseline sample it is called for every process."""
+    ``read_huge`` is called only for processes whose faults or RSS moved (an munmap lowers
+    RSS without a fault), new processes, and ``also_read``; on the baseline sample for every
+    process with at least one PMD resident. A process with nothing new keeps its Tracked."""
     also = set(also_read)
     state: Dict[int, Tracked] = {}
     deltas: List[ProcDelta] = []
@@ -207,13 +293,17 @@ def process_deltas(prev: Dict[int, Tracked], stats: Dict[int, StatLine],
             if baseline:
                 small_rss = st.rss_pages * kernel.PAGE_SIZE
                 huge = HugeBytes(rss=small_rss) if small_rss < pmd else (read_huge(pid) or HugeBytes())
-                state[pid] = Tracked(pid, st.starttime, st.comm, st.faults, huge)
+                state[pid] = Tracked(pid, st.starttime, st.comm, st.faults, huge, st.rss_pages)
                 continue
             old = Tracked(pid, st.starttime, st.comm, 0, HugeBytes())
             is_new = True
         else:
             is_new = False
-        moved = st.faults != old.faults or pid in also or is_new
+        moved = (st.faults != old.faults or pid in also or is_new
+                 or (old.rss_pages >= 0 and st.rss_pages != old.rss_pages))
+        if not moved and st.comm == old.comm:
+            state[pid] = old                 # idle: nothing to read, nothing to report
+            continue
         huge = old.huge
         # Nothing can be PMD-mapped in less resident memory than one PMD: skip the read
         # (hugetlb pages are not in RSS: a process with only hugetlb would be read anyway
@@ -225,7 +315,7 @@ def process_deltas(prev: Dict[int, Tracked], stats: Dict[int, StatLine],
             got = read_huge(pid)
             if got is not None:
                 huge = got
-        state[pid] = Tracked(pid, st.starttime, st.comm, st.faults, huge)
+        state[pid] = Tracked(pid, st.starttime, st.comm, st.faults, huge, st.rss_pages)
         nfaults = max(0, st.faults - old.faults)
         nhuge, nanon = huge_gain(old.huge, huge, pmd, hugetlb_page)
         if nfaults or nhuge:
@@ -271,6 +361,7 @@ class ProcSampler:
         self.pmd = kernel.pmd_size()
         self.hugetlb_page = default_hugetlb_size()
         self.state: Dict[int, Tracked] = {}
+        self.stats = StatScanner(proc) if pid is None else None
         self.globals: Optional[Globals] = None
         self.last = 0.0
 
@@ -286,7 +377,7 @@ class ProcSampler:
                 self.tick()
             return read_rollup(p, self.proc)
         if self.pid is None:
-            stats = scan_stats(self.proc)
+            stats = self.stats.scan() if self.stats is not None else scan_stats(self.proc)
         else:
             st = procfs.read_stat(self.pid, self.proc)
             stats = {} if st is None else {st.pid: st}

@@ -195,3 +195,81 @@ def test_first_frame_of_top_p_has_the_vmas():
     assert first["initial"] and first["pid"] == os.getpid() and first["vmas"]
     assert all(v["faults"] == 0 and v["huge_faults"] == 0 for v in first["vmas"])
     assert sum(v["small_bytes"] + v["huge_bytes"] for v in first["vmas"]) > 0
+
+
+# ----------------------------------------------------------------- /proc/PID/stat kept open
+
+def fake_proc(tmp_path, stats):
+    for pid, line in stats.items():
+        d = tmp_path / str(pid)
+        d.mkdir(exist_ok=True)
+        (d / "stat").write_bytes(line)
+    return str(tmp_path)
+
+
+def stat_line(pid, comm="sleep", minflt=10, rss=100, flags=0x400100):
+    rest = ["S", "1", str(pid), str(pid), "0", "-1", str(flags), str(minflt), "0", "0", "0", "0", "0", "0", "0",
+            "20", "0", "1", "0", "1234", "8192", str(rss)] + ["0"] * 30
+    return f"{pid} ({comm}) {' '.join(rest)}\n".encode()
+
+
+def test_stat_scanner_keeps_files_and_skips_unchanged(tmp_path, monkeypatch):
+    proc = fake_proc(tmp_path, {10: stat_line(10), 11: stat_line(11, "kworker/0:1", flags=0x00208040),
+                                12: stat_line(12, "a b) c")})
+    parsed = []
+    real = procfs.parse_stat
+    monkeypatch.setattr(procfs, "parse_stat", lambda data: parsed.append(data) or real(data))
+    sc = sampler.StatScanner(proc, max_open=100)
+    first = sc.scan()
+    assert sorted(first) == [10, 12] and first[12].comm == "a b) c"     # kernel threads left out
+    assert len(parsed) == 3 and sorted(sc.fds) == [10, 11, 12]
+    fds = dict(sc.fds)
+    second = sc.scan()
+    assert len(parsed) == 3 and second[10] is first[10] and sc.fds == fds   # nothing re-parsed or re-opened
+    (tmp_path / "10" / "stat").write_bytes(stat_line(10, minflt=11))    # same file, new content
+    third = sc.scan()
+    assert third[10].minflt == 11 and len(parsed) == 4
+    shutil.rmtree(tmp_path / "12")                                     # exited: its file is closed
+    assert sorted(sc.scan()) == [10] and 12 not in sc.fds
+    sc.close()
+    assert sc.fds == {}
+
+
+def test_stat_scanner_beyond_its_open_budget(tmp_path):
+    proc = fake_proc(tmp_path, {p: stat_line(p) for p in range(20, 30)})
+    sc = sampler.StatScanner(proc, max_open=4)
+    assert sorted(sc.scan()) == list(range(20, 30)) and len(sc.fds) == 4
+    assert sorted(sc.scan()) == list(range(20, 30)) and len(sc.fds) == 4
+    sc.close()
+
+
+def test_stat_scanner_sees_pid_reuse_on_real_proc():
+    """A real exited process: pread on its kept file fails (ESRCH) and the file is closed."""
+    import subprocess
+    p = subprocess.Popen(["sleep", "30"])
+    sc = sampler.StatScanner(max_open=100000)
+    try:
+        assert p.pid in sc.scan() and p.pid in sc.fds
+        p.kill()
+        p.wait()
+        assert p.pid not in sc.scan() and p.pid not in sc.fds
+    finally:
+        sc.close()
+
+
+def test_idle_process_keeps_its_state_and_rss_change_rereads():
+    pmd, reads = 2 << 20, []
+    st = procfs.parse_stat(stat_line(10, rss=1024))          # 4 MiB resident: at least one PMD
+    huge = sampler.HugeBytes(anon_pmd=pmd, rss=4 << 20)
+
+    def read_huge(pid):
+        reads.append(pid)
+        return huge
+    state, _, _ = sampler.process_deltas({}, {10: st}, read_huge, pmd, pmd, baseline=True)
+    assert reads == [10]
+    again, deltas, gone = sampler.process_deltas(state, {10: st}, read_huge, pmd, pmd)
+    assert again[10] is state[10] and deltas == [] and gone == [] and reads == [10]
+    shrunk = procfs.parse_stat(stat_line(10, rss=600))      # munmap: RSS fell, no fault
+    huge = sampler.HugeBytes(rss=600 * 4096)
+    after, _, _ = sampler.process_deltas(again, {10: shrunk}, read_huge, pmd, pmd)
+    assert reads == [10, 10] and after[10].huge.anon_pmd == 0

@@ -1,23 +1,33 @@
 """What `pmemtrace top` costs the machine it watches (a benchmark, not a test).
 
-    sudo make bench        # or: sudo /opt/pmemtrace/venv/bin/python bench/bench.py [--seconds 3] [--rounds 3]
+    sudo make bench        # or: sudo /opt/pmemtrace/venv/bin/python bench/bench.py [--seconds 2] [--rounds 5]
 
-One run alternates phases so drift (other load, thermal, page cache) hits every
-configuration alike: each traced phase is compared with the mean of the untraced phases
-run just before and after it.
+Pinning: the workload runs on one CPU (--workload-cpu, default the last), the tracer and
+this script on another (--tracer-cpu, default 0), so the tracer's own CPU time does not
+compete with the workload and what is left is what probes cost in the workload's context.
+
+One run alternates phases so drift (other load, page cache) hits every configuration alike:
+untraced, traced, untraced, traced, ...; each traced phase is compared with the mean of the
+untraced phases just before and after it. The order of the configurations rotates each round.
+Every ratio is printed as min / median / max over the rounds.
 
 Workloads (tests/workloads/top_toucher.c, single-threaded):
   4k       mmap 256 MiB MADV_NOHUGEPAGE, touch every 4 KiB page, munmap, repeat: faults/s
   thp      the same MADV_HUGEPAGE and 2 MiB aligned, one touch per PMD: THP faults/s
-  syscall  getppid() in a loop: syscalls/s (syscall tracepoints put every syscall on the slow path)
+  syscall  getppid() in a loop: syscalls/s (a syscall tracepoint puts every syscall on the slow path)
 Configurations:
   untraced
-  top      `pmemtrace top 1 --json` system-wide, default mode (no BPF on the fault path)
-  exact    `pmemtrace top 1 --json --exact` (raw tracepoints on the fault path)
-  bpftrace `bpftrace -e 'tracepoint:exceptions:page_fault_user { @[pid] = count(); }'`
-           (the classic-tracepoint equivalent, when bpftrace is installed)
-Then top's own CPU share at 1 Hz with 1,000 idle processes (target: <= 5% of one core).
-Prints median ratios and lost events; the last line is the 4 KiB ratio of default top.
+  top       `pmemtrace top 1 --json` system-wide, default mode
+  syscalls  `pmemtrace top 1 --json --syscalls` (the opt-in syscall tracepoints where there are no kprobes)
+  exact     `pmemtrace top 1 --json --exact` (raw tracepoints on the fault path)
+  bpftrace  `bpftrace -e 'tracepoint:exceptions:page_fault_user { @[pid] = count(); }'`, the
+            classic-tracepoint equivalent of --exact's fault probe (Debian: apt-get install bpftrace)
+Also measured:
+  start     seconds from starting `pmemtrace top` to its first frame on stdout (Python start,
+            bcc compile, attach, the first /proc pass), once per traced phase
+  idle      top's own CPU share at 1 Hz with 1,000 idle processes (goal: <= 2% of one core),
+            in windows of --idle-window seconds
+The last lines are a Markdown table for README.md.
 """
 import argparse
 import json
@@ -37,6 +47,8 @@ TOUCHER = os.path.join(ROOT, "tests", "workloads", "top_toucher.c")
 BPFTRACE_PROG = "tracepoint:exceptions:page_fault_user { @[pid] = count(); }"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SETTLE = 1.0            # seconds between stopping a tracer and the next untraced phase
+TOP_ARGS = {"top": [], "syscalls": ["--syscalls"], "exact": ["--exact"]}
+GOALS = {("4k", "top"): 0.98, ("syscall", "top"): 0.98, ("4k", "exact"): 0.95}
 
 
 def build(tmp):
@@ -45,25 +57,36 @@ def build(tmp):
     return exe
 
 
-class Tracer:
-    """A tracer process started before a phase and stopped after it."""
+def spread(values, fmt="{:.3f}"):
+    """'median (min-max)' of a list."""
+    if not values:
+        return "-"
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
-    def __init__(self, kind):
-        self.kind = kind
+
+class Tracer:
+    """A tracer process started before a phase and stopped after it, pinned to cpu."""
+
+    def __init__(self, kind, cpu):
+        self.kind, self.cpu = kind, cpu
         self.proc = None
         self.frames = []
         self.ready = threading.Event()
+        self.started = 0.0
+        self.first_frame = None       # seconds from start to the first frame
 
     def start(self):
         if self.kind == "untraced":
             return self
-        if self.kind in ("top", "exact"):
-            cmd = [PYTHON, "-m", "pmemtrace", "top", "1", "--json"] + (["--exact"] if self.kind == "exact" else [])
+        if self.kind in TOP_ARGS:
+            cmd = [PYTHON, "-m", "pmemtrace", "top", "1", "--json"] + TOP_ARGS[self.kind]
         else:
             cmd = ["bpftrace", "-e", BPFTRACE_PROG]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(["taskset", "-c", str(self.cpu)] + cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
         threading.Thread(target=self._pump, daemon=True).start()
-        if not self.ready.wait(60):
+        if not self.ready.wait(60) or self.proc.poll() is not None:
             raise SystemExit(f"bench: {self.kind} did not start: {self.proc.stderr.read()}")
         return self
 
@@ -74,8 +97,10 @@ class Tracer:
                     time.sleep(1.0)     # printed just before it attaches
                     self.ready.set()
                 continue
+            if self.first_frame is None:
+                self.first_frame = time.monotonic() - self.started
             self.frames.append(json.loads(line))
-            self.ready.set()      # the first interval is out: probes attached, baseline taken
+            self.ready.set()      # the first frame is out: probes attached, baseline taken
         self.ready.set()
 
     def stop(self):
@@ -102,46 +127,47 @@ class Tracer:
         return sum(f["lost_events"] for f in self.frames)
 
 
-def run_workload(toucher, workload, seconds):
-    """(operations per wall-clock second, operations per CPU second of the toucher itself).
-
-    The second is what a probe in the faulting task's context costs, and it stays steady
-    when other load takes the CPUs; the first also sees lock waits and CPU stolen by the
-    tracer's own process (both matter on a quiet machine)."""
-    out = subprocess.run([toucher, {"4k": "small"}.get(workload, workload), str(seconds)], capture_output=True,
-                         text=True, check=True).stdout.split()
+def run_workload(toucher, workload, seconds, cpu):
+    """(operations per wall-clock second, operations per CPU second of the toucher itself)."""
+    out = subprocess.run(["taskset", "-c", str(cpu), toucher, {"4k": "small"}.get(workload, workload),
+                          str(seconds)], capture_output=True, text=True, check=True).stdout.split()
     return float(out[0]), int(out[1]) / max(float(out[2]), 1e-6)
 
 
-def throughput(toucher, workloads, configs, seconds, rounds, log):
-    """Ratios traced/untraced per (workload, config), wall and CPU-time based; lost events per
-    config; untraced rates per workload."""
+def throughput(toucher, workloads, configs, args, log):
+    """Ratios traced/untraced per (workload, config, wall|cpu); lost events and start-to-first-frame
+    times per config; untraced rates per workload."""
     ratios = {(w, c, k): [] for w in workloads for c in configs for k in ("wall", "cpu")}
     lost = dict.fromkeys(configs, 0)
+    starts = {c: [] for c in configs}
     base = {w: [] for w in workloads}
     for w in workloads:
-        run_workload(toucher, w, 1)           # warm-up: page cache, allocator state
-    for r in range(rounds):
+        run_workload(toucher, w, 1, args.workload_cpu)           # warm-up: page cache, allocator state
+    for r in range(args.rounds):
+        order = configs[r % len(configs):] + configs[:r % len(configs)]
         for w in workloads:
-            before = run_workload(toucher, w, seconds)
+            before = run_workload(toucher, w, args.seconds, args.workload_cpu)
             base[w].append(before[0])
-            for c in configs:
-                t = Tracer(c).start()
+            for c in order:
+                t = Tracer(c, args.tracer_cpu).start()
                 try:
-                    traced = run_workload(toucher, w, seconds)
+                    traced = run_workload(toucher, w, args.seconds, args.workload_cpu)
                 finally:
                     lost[c] += t.stop()
+                if t.first_frame is not None:
+                    starts[c].append(t.first_frame)
                 time.sleep(SETTLE)                # let the tracer's teardown (unload, exit) finish
-                after = run_workload(toucher, w, seconds)
+                after = run_workload(toucher, w, args.seconds, args.workload_cpu)
                 base[w].append(after[0])
                 wall = traced[0] / ((before[0] + after[0]) / 2)
                 cpu = traced[1] / ((before[1] + after[1]) / 2)
                 ratios[(w, c, "wall")].append(wall)
                 ratios[(w, c, "cpu")].append(cpu)
                 log(f"round {r + 1} {w:8s} {c:9s} {traced[0]:11.0f}/s ({traced[1]:.0f}/cpu-s)  untraced "
-                    f"{before[0]:.0f} / {after[0]:.0f}/s  ratio wall {wall:.3f} cpu {cpu:.3f}")
+                    f"{before[0]:.0f} / {after[0]:.0f}/s  ratio wall {wall:.3f} cpu {cpu:.3f}"
+                    + (f"  first frame {t.first_frame:.2f} s" if t.first_frame is not None else ""))
                 before = after
-    return ratios, lost, base
+    return ratios, lost, starts, base
 
 
 def cpu_ticks(pid):
@@ -151,26 +177,31 @@ def cpu_ticks(pid):
     return int(rest[11]) + int(rest[12])
 
 
-def idle_cpu_share(kind, nproc, seconds, log):
-    """top's CPU time over `seconds` of steady state (after two intervals), with nproc idle sleepers."""
+def idle_cpu_share(kind, nproc, seconds, window, cpu, log):
+    """top's CPU share in windows of `window` seconds over `seconds` of steady state (after two
+    intervals), with nproc idle sleepers."""
     sleepers = []
     try:
         for _ in range(nproc):
             sleepers.append(subprocess.Popen(["sleep", "3600"]))
-        t = Tracer(kind).start()
+        t = Tracer(kind, cpu).start()
+        shares = []
         try:
-            while len(t.frames) < 2:
+            while len(t.frames) < 3:
                 time.sleep(0.1)
-            c0, w0 = cpu_ticks(t.proc.pid), time.monotonic()
-            time.sleep(seconds)
-            c1, w1 = cpu_ticks(t.proc.pid), time.monotonic()
+            top_pid = t.proc.pid          # taskset execs the tracer: same pid
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                c0, w0 = cpu_ticks(top_pid), time.monotonic()
+                time.sleep(window)
+                c1, w1 = cpu_ticks(top_pid), time.monotonic()
+                shares.append((c1 - c0) / CLK_TCK / (w1 - w0))
             rows = len(t.frames[-1]["processes"]) if t.frames else 0
         finally:
             lost = t.stop()
-        share = (c1 - c0) / CLK_TCK / (w1 - w0)
-        log(f"idle {kind:6s} {nproc} sleepers: top used {100 * share:.2f}% of one core "
-            f"({rows} active rows in its last interval, {lost} lost events)")
-        return share
+        log(f"idle {kind:8s} {nproc} sleepers: top used {spread([100 * s for s in shares], '{:.2f}')} % of one "
+            f"core ({rows} active rows in its last interval, {lost} lost events)")
+        return shares
     finally:
         for p in sleepers:
             p.kill()
@@ -178,13 +209,30 @@ def idle_cpu_share(kind, nproc, seconds, log):
             p.wait()
 
 
+def machine():
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPUs, kernel {os.uname().release}"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=float, default=3.0, help="length of each phase")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=2.0, help="length of each phase")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--idle", type=int, default=1000, help="idle processes for the CPU-share phase")
     ap.add_argument("--idle-seconds", type=float, default=20.0)
+    ap.add_argument("--idle-window", type=float, default=5.0)
     ap.add_argument("--workloads", default="4k,thp,syscall")
+    ap.add_argument("--configs", default=None, help="default: top,syscalls,exact and bpftrace when installed")
+    ap.add_argument("--tracer-cpu", type=int, default=0)
+    ap.add_argument("--workload-cpu", type=int, default=(os.cpu_count() or 1) - 1)
     ap.add_argument("--nice", type=int, default=-10,
                     help="niceness of the bench, its workloads and tracers (all alike), so unrelated "
                          "load on the machine disturbs the phases less (0: leave as is)")
@@ -193,31 +241,61 @@ def main(argv=None):
         raise SystemExit("bench: run as root (sudo make bench)")
     if args.nice:
         os.nice(args.nice)
+    os.sched_setaffinity(0, {args.tracer_cpu})
 
     def log(msg):
         print(msg, flush=True)
-    configs = ["top", "exact"] + (["bpftrace"] if shutil.which("bpftrace") else [])
+    configs = (args.configs.split(",") if args.configs else
+               ["top", "syscalls", "exact"] + (["bpftrace"] if shutil.which("bpftrace") else []))
     workloads = args.workloads.split(",")
+    log(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f}")
+    log(f"workload on CPU {args.workload_cpu}, tracers and bench on CPU {args.tracer_cpu}; phases of "
+        f"{args.seconds:g} s, {args.rounds} rounds, nice {args.nice}; configs: {', '.join(configs)}"
+        + ("" if shutil.which("bpftrace") else " (no bpftrace: apt-get install bpftrace)"))
     with tempfile.TemporaryDirectory() as tmp:
         toucher = build(tmp)
-        log(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
-            f"phases of {args.seconds:g} s, {args.rounds} rounds, nice {args.nice}; configs: {', '.join(configs)}")
-        ratios, lost, base = throughput(toucher, workloads, configs, args.seconds, args.rounds, log)
-    shares = {k: idle_cpu_share(k, args.idle, args.idle_seconds, log) for k in ("top", "exact")}
+        ratios, lost, starts, base = throughput(toucher, workloads, configs, args, log)
+    idle_kinds = [c for c in ("top", "exact") if c in configs]
+    shares = {k: idle_cpu_share(k, args.idle, args.idle_seconds, args.idle_window, args.tracer_cpu, log)
+              for k in idle_kinds}
 
     log("")
     for kind, what in (("wall", "per wall-clock second"), ("cpu", "per CPU second of the workload")):
-        log(f"median ratio of untraced throughput, {what} (1.00 = no cost):")
-        log(f"{'':9s}" + "".join(f"{c:>10s}" for c in configs) + f"{'untraced/s':>14s}")
+        log(f"ratio of untraced throughput, {what}: median (min-max) of {args.rounds} rounds, 1.000 = no cost")
+        log(f"{'':9s}" + "".join(f"{c:>22s}" for c in configs) + f"{'untraced/s':>26s}")
         for w in workloads:
-            log(f"{w:9s}" + "".join(f"{statistics.median(ratios[(w, c, kind)]):10.3f}" for c in configs)
-                + f"{statistics.median(base[w]):14.0f}")
+            log(f"{w:9s}" + "".join(f"{spread(ratios[(w, c, kind)]):>22s}" for c in configs)
+                + f"{spread(base[w], '{:.0f}'):>26s}")
     log("lost events: " + ", ".join(f"{c} {lost[c]}" for c in configs if c != "bpftrace"))
-    log("top CPU share at 1 Hz with %d idle processes: %s (target <= 5%% of one core)"
-        % (args.idle, ", ".join(f"{k} {100 * v:.2f}%" for k, v in shares.items())))
-    if "4k" in workloads:
-        log(f"4 KiB fault throughput ratio, default top: wall {statistics.median(ratios[('4k', 'top', 'wall')]):.3f}"
-            f" cpu {statistics.median(ratios[('4k', 'top', 'cpu')]):.3f}")
+    log("start to first frame (s): " + ", ".join(f"{c} {spread(starts[c], '{:.2f}')}" for c in configs
+                                                 if c in TOP_ARGS) + "  (goal <= 1.0 s)")
+    log(f"top CPU share at 1 Hz with {args.idle} idle processes (%): "
+        + ", ".join(f"{k} {spread([100 * s for s in v], '{:.2f}')}" for k, v in shares.items())
+        + "  (goal <= 2% of one core)")
+    for (w, c), goal in GOALS.items():
+        if (w, c, "wall") in ratios and ratios[(w, c, "wall")]:
+            med = statistics.median(ratios[(w, c, "wall")])
+            log(f"goal {w} {c} >= {goal}: median {med:.3f} {'met' if med >= goal else 'NOT met'}")
+
+    # Markdown for README.md
+    names = {"top": "default `top`", "syscalls": "`top --syscalls`", "exact": "`top --exact`",
+             "bpftrace": "bpftrace"}
+    labels = {"4k": "4 KiB faults (C toucher)", "thp": "THP faults", "syscall": "syscall loop (getppid)"}
+    units = {"4k": "faults/s", "thp": "faults/s", "syscall": "calls/s"}
+    log("")
+    log("| ratio of untraced throughput (wall), median (min–max) | "
+        + " | ".join(names.get(c, c) for c in configs) + " | untraced |")
+    log("| --- " * (len(configs) + 2) + "|")
+    for w in workloads:
+        med = statistics.median(base[w])
+        rate = f"{med / 1e6:.1f}M" if med >= 1e6 else f"{med / 1e3:.0f}k" if med >= 1e4 else f"{med / 1e3:.1f}k"
+        cells = [spread(ratios[(w, c, "wall")]).replace("-", "–") for c in configs]
+        log(f"| {labels.get(w, w)} | " + " | ".join(cells) + f" | {rate} {units.get(w, '/s')} |")
+    log("| start to first frame (s) | " + " | ".join(
+        spread(starts[c], "{:.2f}").replace("-", "–") if c in TOP_ARGS else "-" for c in configs) + " | |")
+    log("| CPU share at 1 Hz, 1,000 idle processes (% of a core) | " + " | ".join(
+        spread([100 * s for s in shares[c]], "{:.2f}").replace("-", "–") if c in shares else "-"
+        for c in configs) + " | |")
 
 
 if __name__ == "__main__":

@@ -273,3 +273,22 @@ def test_idle_process_keeps_its_state_and_rss_change_rereads():
     huge = sampler.HugeBytes(rss=600 * 4096)
     after, _, _ = sampler.process_deltas(again, {10: shrunk}, read_huge, pmd, pmd)
     assert reads == [10, 10] and after[10].huge.anon_pmd == 0
+
+
+def test_screen_draws_the_initial_frame_before_the_first_interval(monkeypatch):
+    """The terminal loop draws the state at start at once, before waiting for the interval."""
+    drawn = []
+    model = interval.Model()
+    model.start()
+    first = model.initial_frame()
+    real_render = top.render
+
+    def render(frame, *a, **kw):
+        drawn.append(frame)
+        return real_render(frame, *a, **kw)
+    monkeypatch.setattr(top, "render", render)
+    waits = []
+    monkeypatch.setattr(top, "_wait", lambda probes, deadline, keys=None, on_key=None: waits.append(len(drawn)))
+    top._loop_tty(model, interval.NoProbes(), 0.05, 1, True, 5, top.ViewState(), io.StringIO(), first)
+    assert drawn[0] is first and waits[0] == 1          # drawn before the first wait
+    assert len(drawn) == 2 and "initial" not in drawn[1]

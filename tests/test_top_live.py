@@ -427,3 +427,57 @@ def test_only_exact_mode_probes_the_fault_path(bins, mode):
     else:
         assert raw == {"page_fault_user", "count_memcg_events"}
     assert_unloaded(t)
+
+
+BPF_TASK_FD_QUERY = 20
+BPF_FD_TYPES = {0: "raw_tracepoint", 1: "tracepoint", 2: "kprobe", 3: "kretprobe", 4: "uprobe", 5: "uretprobe"}
+
+
+def bpf_attachments_of(pid):
+    """(kind, name) of every BPF attachment held through pid's fds: bpf(BPF_TASK_FD_QUERY),
+    what bpftool perf shows (tracepoint, raw_tracepoint, kprobe names)."""
+    out = set()
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        buf = ctypes.create_string_buffer(256)
+        attr = (ctypes.c_uint8 * 48)()
+        ctypes.c_uint32.from_buffer(attr, 0).value = pid
+        ctypes.c_uint32.from_buffer(attr, 4).value = int(name)
+        ctypes.c_uint32.from_buffer(attr, 12).value = len(buf)
+        ctypes.c_uint64.from_buffer(attr, 16).value = ctypes.addressof(buf)
+        if _libc.syscall(SYS_BPF, BPF_TASK_FD_QUERY, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
+            kind = BPF_FD_TYPES.get(ctypes.c_uint32.from_buffer(attr, 28).value, "?")
+            out.add((kind, buf.value.decode()))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["default", "syscalls"])
+def test_syscall_tracepoints_only_with_the_flag(mode):
+    """Default top puts no program on any syscall tracepoint (each one slows every syscall of
+    every task) where the kernel has no kprobes; --syscalls attaches exactly the six, and
+    kprobes on the syscall functions replace them where the kernel has kprobes."""
+    from pmemtrace import loader
+    extra = ["--syscalls"] if mode == "syscalls" else []
+    t = Top(1, 2, "--json", *extra)
+    try:
+        first = t.frame()
+        held = bpf_attachments_of(t.proc.pid)
+        frames, rc, err = t.finish()
+    finally:
+        t.kill()
+    assert rc == 0, err
+    assert first["initial"] is True
+    syscall_tps = {n for k, n in held if k == "tracepoint" and n.startswith("sys_")}
+    kprobes = {n for k, n in held if k in ("kprobe", "kretprobe")}
+    assert {n for k, n in held if k == "tracepoint" and n.startswith("dax_")} >= {"dax_pmd_fault_done"}
+    if loader.syscall_kprobes()[0]:
+        assert syscall_tps == set() and {"__x64_sys_mmap", "__x64_sys_mincore"} <= kprobes
+    elif mode == "default":
+        assert syscall_tps == set() and kprobes == set()
+        rows = [r for f in frames for r in f["processes"]]
+        assert rows and all(r["madvise_calls"] is None and r["map_sync_refusals"] is None for r in rows)
+    else:
+        assert syscall_tps == {"sys_enter_mmap", "sys_exit_mmap", "sys_enter_munmap", "sys_enter_madvise",
+                               "sys_enter_mincore", "sys_exit_mincore"}
+        rows = [r for f in frames for r in f["processes"]]
+        assert rows and all(r["madvise_calls"] is not None for r in rows if not r["exited"])
+    assert_unloaded(t)

@@ -51,3 +51,10 @@ def test_doctor_sees_the_guest(setup_facts, kernel_version):
         assert "no kprobes" not in faults and "kprobe" in faults, faults
     else:
         assert "no kprobes" in faults, faults
+    # top's syscall watch: kprobes on the syscall functions here, never the syscall tracepoints
+    mech = find(bs, "top: mmap/munmap/madvise/mincore")
+    if os.path.exists(f"{TRACEFS}/kprobe_events"):
+        assert mech.startswith("OK") and "kprobes on __x64_sys_mmap" in mech and "only these calls pay" in mech, mech
+    else:
+        assert mech.startswith("WARN") and "--syscalls" in mech, mech
+    assert find(bs, "probes load").startswith("OK")

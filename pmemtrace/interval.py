@@ -26,6 +26,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from . import aggregate, kernel, procfs, sampler
+from .backing import FileFacts, classify_backing
 from .errors import PmemtraceError, ProcessExited
 
 # the columns a frame's process rows can be sorted by (the CLI's -s choices, top's < > keys)
@@ -193,12 +194,12 @@ class Model:
             for v in prev:
                 vc = bpf.get(v.start)
                 if vc is not None:
-                    vmas.append(self._vma_row(v.start, v.end, v.perms, backing(v.path, v.perms), 0, 0,
+                    vmas.append(self._vma_row(v.start, v.end, v.perms, vma_backing(v), v.path, 0, 0,
                                               vc.faults, vc.huge_faults, "none", "sf" in v.vmflags, vc))
             if aggregate.UNMAPPED in bpf:
                 vc = bpf[aggregate.UNMAPPED]
-                vmas.append(self._vma_row(None, None, "", aggregate.UNMAPPED, 0, 0, vc.faults, vc.huge_faults,
-                                          "none", False, vc))
+                vmas.append(self._vma_row(None, None, "", aggregate.UNMAPPED, None, 0, 0, vc.faults,
+                                          vc.huge_faults, "none", False, vc))
         return {"time": round(s.time, 3), "interval": round(s.seconds, 3),
                 "mode": "exact" if self.exact else "default", "lost_events": counts.lost,
                 "system": self._system(s, counts), "processes": rows, "pid": self.pid, "vmas": vmas,
@@ -359,24 +360,25 @@ class Model:
             if dax != "none":
                 huge = vc.dax.get("pmd_huge", 0)
                 faults = sum(vc.dax.get(k, 0) for k in DAX_FAULT_OUTCOMES)
-            rows.append(self._vma_row(d.start, d.end, d.perms, backing(d.path, d.perms), huge_b, small_b,
+            rows.append(self._vma_row(d.start, d.end, d.perms, vma_backing(d, dax), d.path, huge_b, small_b,
                                       faults, huge, dax, d.vm_sync, vc))
         if aggregate.UNMAPPED in bpf:
             vc = bpf[aggregate.UNMAPPED]
-            rows.append(self._vma_row(None, None, "", aggregate.UNMAPPED, 0, 0, vc.faults, vc.huge_faults,
-                                      "none", False, vc))
+            rows.append(self._vma_row(None, None, "", aggregate.UNMAPPED, None, 0, 0, vc.faults,
+                                      vc.huge_faults, "none", False, vc))
         return [r for r in rows if r["huge_bytes"] or r["small_bytes"] or r["faults"] or r["huge_faults"]
                 or r["madvise"] or r["map_sync_refusals"] or r["dax_faults"]]
 
     @staticmethod
-    def _vma_row(start, end, perms, back, huge_b, small_b, faults, huge, dax, vm_sync, vc) -> dict:
-        return {"start": start, "end": end, "perms": perms, "backing": back, "huge_bytes": huge_b,
+    def _vma_row(start, end, perms, back, path, huge_b, small_b, faults, huge, dax, vm_sync, vc) -> dict:
+        return {"start": start, "end": end, "perms": perms, "backing": back, "path": path, "huge_bytes": huge_b,
                 "small_bytes": small_b, "faults": faults, "huge_faults": huge, "dax": dax, "vm_sync": vm_sync,
                 "dax_faults": {k: v for k, v in vc.dax.items() if v}, "map_sync_requests": vc.map_sync_requests,
                 "map_sync_refusals": vc.map_sync_refusals, "madvise": dict(vc.madvise)}
 
 
-def backing(path: str, perms: str) -> str:
-    if not path:
-        return "anon (shared)" if perms[3:4] == "s" else "anon"
-    return path
+def vma_backing(v, dax: str = "none") -> str:
+    """report's BACKING category for a sampled VMA (sampler.VmaState / VmaDelta); by name where
+    report also asks statfs (top does not read map_files for every VMA)."""
+    m = procfs.MapEntry(v.start, v.end, v.perms, 0, v.dev, v.inode, v.path)
+    return classify_backing(m, v.vmflags, FileFacts(dax))

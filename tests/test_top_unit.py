@@ -345,6 +345,29 @@ def test_p_mode_exit_raises_process_exited_with_its_last_counts():
     assert final["exited"] and final["pid"] == 5
     assert [(r["pid"], r["huge_faults"], r["exited"]) for r in final["processes"]] == [(5, 3, True)]
     assert [(v["start"], v["huge_faults"]) for v in final["vmas"]] == [(thp.start, 3)]
+    assert (final["vmas"][0]["backing"], final["vmas"][0]["path"]) == ("anon", "")
+
+
+def test_p_mode_vma_rows_have_reports_backing_and_a_path(monkeypatch):
+    """`backing` means in top -p what it means in report (a category); the file name is `path`."""
+    monkeypatch.setattr(sampler, "vma_dax", lambda pid, m: "none")
+
+    class Vmas:
+        def sample(self):
+            return sampler.vma_deltas(None, vma_fixture("after"), PMD, PMD)
+    m = interval.Model(pid=5, proc_sampler=FakeProcSampler([make_sample([], {5: tracked(5)})]), vma_sampler=Vmas(),
+                       vma_cache=FakeVmaCache())
+    rows = {v["start"]: v for v in m.step(aggregate.ProbeCounts())["vmas"]}
+    got = {(v["backing"], v["path"]) for v in rows.values()}
+    assert {("file", "/tmp/top_thp"), ("heap", "[heap]"), ("anon", ""), ("stack", "[stack]"), ("special", "[vdso]"),
+            ("file", "/usr/lib/x86_64-linux-gnu/libc.so.6")} <= got
+    assert rows[0x7fe85de00000]["backing"] == "anon" and rows[0x7fe85de00000]["huge_bytes"] == 64 * MIB
+    lines = top_render.plain_lines({"time": 0, "interval": 1.0, "mode": "default", "lost_events": 0,
+                                    "system": {"vmstat": {}, "mthp": {}, "dax": {}}}, [], list(rows.values()))
+    head = lines[2].split()
+    assert head[2] == "BACKING" and head[-1] == "PATH"
+    libc = next(line for line in lines if line.startswith("7fe862048000"))
+    assert libc.split()[2] == "file" and libc.endswith("/usr/lib/x86_64-linux-gnu/libc.so.6")
 
 
 def test_vma_count_cache_refresh():
@@ -371,7 +394,8 @@ def hostile_frame():
     for i, comm in enumerate(HOSTILE):
         rows.append({"pid": 100 + i, "comm": comm, "faults": 10, "huge_faults": 1, "fallbacks": None,
                      "huge_share": 0.5, "dax_vmas": 0, "vm_sync_vmas": 0})
-    vmas = [{"start": 0x1000, "end": 0x2000, "perms": "rw-p", "backing": "/tmp/[red]evil\x1b]0;t\x07", "huge_bytes": 0,
+    vmas = [{"start": 0x1000, "end": 0x2000, "perms": "rw-p", "backing": "file", "path": "/tmp/[red]evil\x1b]0;t\x07",
+             "huge_bytes": 0,
              "small_bytes": 4096, "faults": 1, "huge_faults": 0, "dax": "none", "vm_sync": False, "madvise": {},
              "map_sync_refusals": 0}]
     frame = {"time": time.time(), "interval": 1.0, "mode": "default", "lost_events": 0,

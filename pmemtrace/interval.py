@@ -23,7 +23,7 @@ exited processes stay on their own pid rows (BPF counts by tgid), marked exited.
 """
 import dataclasses
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from . import aggregate, kernel, procfs, sampler
 from .backing import FileFacts, classify_backing
@@ -45,7 +45,8 @@ def features_for(exact: bool, pid: Optional[int]) -> List[str]:
 
 
 class NoProbes:
-    """Stands in for loader.Probes where no BPF is wanted (tests, or a fake)."""
+    """Stands in for loader.Probes where no BPF is wanted (tests, or a fake): no feature attached."""
+    features: Tuple[str, ...] = ()
     missing: Dict[str, str] = {}
 
     def snapshot(self) -> aggregate.ProbeCounts:

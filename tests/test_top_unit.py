@@ -439,6 +439,22 @@ def test_run_json_with_no_probes():
         assert frame["interval"] > 0 and frame["lost_events"] == 0
         for r in frame["processes"]:
             assert {"pid", "comm", "faults", "huge_faults", "fallbacks"} <= set(r)
+            assert r["fallbacks"] is None                   # no DAX probe: not known, not 0
+
+
+def test_run_fallbacks_known_from_what_the_probes_attached():
+    """run() asks the probes object what is attached; it never type-checks a test double."""
+    class DaxAttached(interval.NoProbes):
+        features = ("dax", "syscalls", "mincore")
+
+    class DaxMissing(DaxAttached):
+        missing = {"fs_dax:dax_pmd_fault_done": "DAX PMD faults"}
+    for probes, want in ((DaxAttached(), {0}), (DaxMissing(), {None})):
+        out = io.StringIO()
+        assert top.run(interval=0.1, count=1, pid=os.getpid(), as_json=True, probes_factory=lambda f, p: probes,
+                       out=out) == 0
+        rows = json.loads(out.getvalue())["processes"]
+        assert [r["pid"] for r in rows] == [os.getpid()] and {r["fallbacks"] for r in rows} == want
 
 
 def test_run_p_of_a_missing_pid():

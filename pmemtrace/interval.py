@@ -99,20 +99,20 @@ class VmaCountCache:
         self.cache: Dict[int, tuple] = {}
         self.dax_cache: dict = {}
 
-    def peek(self, pid: int, starttime: int, dirty: bool = False) -> Optional[sampler.VmaCounts]:
+    def peek(self, pid: int, starttime: int, dirty: bool = False) -> Optional[sampler.DaxSyncCounts]:
         """The cached counts if still fresh, else None (no read)."""
         hit = self.cache.get(pid)
         if hit and hit[0] == starttime and not dirty and self.clock() - hit[1] < self.refresh:
             return hit[2]
         return None
 
-    def get(self, pid: int, starttime: int, dirty: bool = False) -> Optional[sampler.VmaCounts]:
+    def get(self, pid: int, starttime: int, dirty: bool = False) -> Optional[sampler.DaxSyncCounts]:
         hit = self.cache.get(pid)
         now = self.clock()
         if hit and hit[0] == starttime and not dirty and now - hit[1] < self.refresh:
             return hit[2]
         try:
-            counts = sampler.vma_counts(pid, self.read_smaps(pid), cache=self.dax_cache)
+            counts = sampler.dax_sync_counts(pid, self.read_smaps(pid), cache=self.dax_cache)
         except PmemtraceError:
             return hit[2] if hit else None
         self.cache[pid] = (starttime, now, counts)

@@ -416,13 +416,15 @@ def vma_dax(pid: int, m: procfs.MapEntry) -> str:
 
 
 @dataclass(frozen=True)
-class VmaCounts:
+class DaxSyncCounts:
+    """How many VMAs of a process are DAX, and how many VM_SYNC (not aggregate.VmaCounts, which
+    holds one VMA's probe counts)."""
     dax: int
     vm_sync: int
 
 
-def vma_counts(pid: int, blocks: List[procfs.Smaps], dax_of: Callable[[int, procfs.MapEntry], str] = vma_dax,
-               cache: Optional[Dict[Tuple[Tuple[int, int], int], str]] = None) -> VmaCounts:
+def dax_sync_counts(pid: int, blocks: List[procfs.Smaps], dax_of: Callable[[int, procfs.MapEntry], str] = vma_dax,
+               cache: Optional[Dict[Tuple[Tuple[int, int], int], str]] = None) -> DaxSyncCounts:
     """How many VMAs of pid are DAX, and how many carry VM_SYNC (VmFlags 'sf').
 
     ``cache`` maps (device, inode) to the DAX verdict across calls (one statx per file)."""
@@ -436,4 +438,4 @@ def vma_counts(pid: int, blocks: List[procfs.Smaps], dax_of: Callable[[int, proc
             cache[key] = dax_of(pid, b.map)
         dax += cache[key] != "none"
     sync = sum(1 for b in blocks if "sf" in b.vmflags)
-    return VmaCounts(dax, sync)
+    return DaxSyncCounts(dax, sync)

@@ -240,7 +240,7 @@ class FakeVmaCache:
         return None
 
     def get(self, pid, starttime, dirty=False):
-        return sampler.VmaCounts(1, 2)
+        return sampler.DaxSyncCounts(1, 2)
 
     def forget(self, pids):
         pass
@@ -300,7 +300,7 @@ def test_comm_and_dax_filters():
 
     class NoDax(FakeVmaCache):
         def peek(self, pid, starttime, dirty=False):
-            return sampler.VmaCounts(0, 0)
+            return sampler.DaxSyncCounts(0, 0)
     m = interval.Model(dax_only=True, proc_sampler=FakeProcSampler([make_sample([a, b], {1: tracked(1), 2: tracked(2)})]),
                   vma_cache=NoDax())
     assert m.step(aggregate.ProbeCounts())["processes"] == []

@@ -44,7 +44,8 @@ def _vma_cells(v: dict, seconds: float = 0.0) -> List[str]:
     path = printable(v["path"] or "")
     if len(path) > 40:
         path = "..." + path[-37:]
-    return [start, end, v["backing"], human_bytes(v["huge_bytes"], unknown="-"), human_bytes(v["small_bytes"], unknown="-"),
+    return [start, end, v["backing"],
+            human_bytes(v["huge_bytes"], unknown="-"), human_bytes(v["small_bytes"], unknown="-"),
             fmt_count(v["faults"], seconds), fmt_count(v["huge_faults"], seconds), v["dax"],
             "yes" if v["vm_sync"] else "no", str(sum(v["madvise"].values())), str(v["map_sync_refusals"]), path]
 
@@ -74,7 +75,8 @@ def mincore_lines(rows: List[dict]) -> List[str]:
         if not mc:
             continue
         resident = f"{100 * mc['pages_resident'] / mc['pages_examined']:.0f}%" if mc["pages_examined"] else "-"
-        out.append(f"mincore {r['pid']} {printable(r['comm'])}: {mc['calls']} calls, {human_bytes(mc['bytes'])} queried, "
+        out.append(f"mincore {r['pid']} {printable(r['comm'])}: {mc['calls']} calls, "
+                   f"{human_bytes(mc['bytes'])} queried, "
                    f"{resident} resident, {mc['ns'] / mc['calls'] / 1000:.1f} us/call"
                    + (f", {mc['errors']} errors" if mc["errors"] else ""))
     return out

@@ -365,9 +365,9 @@ def test_p_mode_vma_rows_have_reports_backing_and_a_path(monkeypatch):
     lines = top_render.plain_lines({"time": 0, "interval": 1.0, "mode": "default", "lost_events": 0,
                                     "system": {"vmstat": {}, "mthp": {}, "dax": {}}}, [], list(rows.values()))
     head = lines[2].split()
-    assert head[2] == "BACKING" and head[-1] == "PATH"
-    libc = next(line for line in lines if line.startswith("7fe862048000"))
-    assert libc.split()[2] == "file" and libc.endswith("/usr/lib/x86_64-linux-gnu/libc.so.6")
+    assert head[2:4] == ["BACKING", "PATH"]
+    libc = next(line for line in lines if line.startswith("7fe862048000")).split()
+    assert libc[2:4] == ["file", "/usr/lib/x86_64-linux-gnu/libc.so.6"] and libc[4:6] == ["0", "928K"]
 
 
 def test_vma_count_cache_refresh():

@@ -1,0 +1,66 @@
+/* One hot key, hammered: for exact-count tests across many interval boundaries.
+ *   hotkey page N     write one 4 KiB page, MADV_DONTNEED it: N page faults on one page
+ *   hotkey thp N      the same on one 2 MiB-aligned MADV_HUGEPAGE block: N THP fault allocations
+ *   hotkey mincore N  N mincore() calls on 64 pages
+ *   hotkey spread N   write 256 pages, MADV_DONTNEED them: 256 * N faults on 256 keys
+ * Prints "ready START END", waits for a line on stdin, runs, prints "done MINFLT ITERATIONS"
+ * (getrusage minflt taken over the loop alone), then waits for stdin to close. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+static long minflt(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return ru.ru_minflt;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 3)
+		return 2;
+	const char *mode = argv[1];
+	long n = atol(argv[2]), len = 2L << 20;
+	char *raw = mmap(NULL, 2 * len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (raw == MAP_FAILED)
+		return 1;
+	char *p = (char *)(((unsigned long)raw + len - 1) & ~(len - 1));
+	int pages = 1;
+	if (strcmp(mode, "page") == 0 || strcmp(mode, "spread") == 0) {
+		pages = strcmp(mode, "spread") == 0 ? 256 : 1;
+		len = 4096L * pages;
+		madvise(p, 2L << 20, MADV_NOHUGEPAGE);
+	} else if (strcmp(mode, "thp") == 0) {
+		madvise(p, len, MADV_HUGEPAGE);
+	}
+	/* its own VMA: split off from the rest of the reservation */
+	mprotect(p, len, PROT_READ);
+	mprotect(p, len, PROT_READ | PROT_WRITE);
+	unsigned char vec[64];
+	printf("ready %lx %lx\n", (unsigned long)p, (unsigned long)p + len);
+	fflush(stdout);
+	char line[64];
+	if (!fgets(line, sizeof(line), stdin))
+		return 1;
+	long before = minflt();
+	for (long i = 0; i < n; i++) {
+		if (strcmp(mode, "mincore") == 0) {
+			mincore(p, 64 * 4096, vec);
+			continue;
+		}
+		for (int j = 0; j < pages; j++)
+			p[j * 4096] = 1;
+		madvise(p, len, MADV_DONTNEED);
+	}
+	long faults = minflt() - before;
+	printf("done %ld %ld\n", faults, n);
+	fflush(stdout);
+	while (fgets(line, sizeof(line), stdin))
+		;
+	return 0;
+}

@@ -19,6 +19,10 @@ Exact by construction (why no count is lost at an interval boundary)
   which nothing writes any more, and deletes them before the epoch can come back to that
   parity. Each increment lands in exactly one epoch and is read exactly once. The `lost`
   array is split by epoch the same way (its old half is zeroed after the read).
+  (With one CPU online membarrier returns at once: the caller itself running proves every
+  non-preemptible program finished; a preemptible-RCU kernel on one CPU is the exception.)
+  Not covered: a program the kernel skips for recursion (a BPF program already running on
+  that CPU) never runs, so it is not counted anywhere; bpftool shows its recursion_misses.
   Where membarrier(GLOBAL) is refused (nohz_full kernels) the loader says so in `missing`
   and waits QUIESCE_FALLBACK_S instead: then a program preempted longer than that inside
   its few instructions could add to a key already read (not exact by construction there).

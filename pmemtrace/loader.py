@@ -12,18 +12,21 @@ Exact by construction (why no count is lost at an interval boundary)
   BPF_MAP_LOOKUP_AND_DELETE_ELEM would not close that window. So the maps are double
   buffered: every count key carries the parity of the `epoch` array as the program read it,
   once, at its start. snapshot() (1) writes the next epoch, (2) waits for an RCU grace
-  period with membarrier(MEMBARRIER_CMD_GLOBAL), which is synchronize_rcu(): every BPF
-  tracing program (raw tracepoint, tracepoint, kprobe) runs inside an RCU read-side section,
+  period: it updates the map-in-map `quiesce`, and the kernel returns from such an update
+  only after synchronize_rcu() (maybe_wait_bpf_programs, so that user space knows every
+  program sees the new value); every BPF tracing program (raw tracepoint, tracepoint,
+  kprobe) runs inside an RCU read-side section,
   so when it returns every program that could have read the old epoch has finished, and
   every program that starts later sees the new one; (3) reads the keys of the old parity,
   which nothing writes any more, and deletes them before the epoch can come back to that
   parity. Each increment lands in exactly one epoch and is read exactly once. The `lost`
   array is split by epoch the same way (its old half is zeroed after the read).
-  (With one CPU online membarrier returns at once: the caller itself running proves every
-  non-preemptible program finished; a preemptible-RCU kernel on one CPU is the exception.)
+  membarrier(MEMBARRIER_CMD_GLOBAL) is synchronize_rcu() too and is the fallback, but it
+  returns at once with one CPU online (the DAX guests have one), which a preemptible-RCU
+  kernel does not make safe.
   Not covered: a program the kernel skips for recursion (a BPF program already running on
   that CPU) never runs, so it is not counted anywhere; bpftool shows its recursion_misses.
-  Where membarrier(GLOBAL) is refused (nohz_full kernels) the loader says so in `missing`
+  Where both are refused (no map-in-map, nohz_full) the loader says so in `missing`
   and waits QUIESCE_FALLBACK_S instead: then a program preempted longer than that inside
   its few instructions could add to a key already read (not exact by construction there).
 
@@ -334,7 +337,7 @@ class Probes:
         self.events: List[dict] = []
         self.lost_perf = 0
         self.epoch = 0                    # the epoch the probes count into (its parity is in the keys)
-        self.membarrier = True
+        self.quiesce_by = "map-in-map"    # how _quiesce waits for a grace period (it degrades, saying so)
         self._lru_read_at = -OCCUPANCY_SECONDS
         self._lru_seen: Dict[str, dict] = {}
         if os.geteuid() != 0:
@@ -414,17 +417,29 @@ class Probes:
 
     # -- epochs (see the module docstring)
     def _quiesce(self) -> None:
-        """Wait until no BPF program that read the previous epoch can still be running."""
-        if self.membarrier:
+        """Wait until no BPF program that read the previous epoch can still be running: an
+        RCU grace period. Updating a map-in-map waits for one (the kernel's own promise to
+        user space that programs see the new inner map); membarrier(MEMBARRIER_CMD_GLOBAL)
+        is synchronize_rcu() too, but skips it with one CPU online, where a preemptible-RCU
+        kernel could still have a reader preempted mid-program."""
+        if self.quiesce_by == "map-in-map":
+            try:
+                inner = self.bpf["quiesce_inner"]
+                self.bpf["quiesce"][ctypes.c_int(0)] = ctypes.c_int(inner.get_fd())
+                return
+            except Exception as e:    # bcc raises plain Exception for a refused update
+                self.quiesce_by = "membarrier"
+                self.missing["quiesce:map-in-map"] = f"map-in-map update refused ({e}): membarrier instead"
+        if self.quiesce_by == "membarrier":
             libc = ctypes.CDLL(None, use_errno=True)
             nr = SYS_MEMBARRIER.get(os.uname().machine)
             if nr is not None and libc.syscall(nr, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0:
                 return
             err = ctypes.get_errno() if nr is not None else errno.ENOSYS
-            self.membarrier = False
-            self.missing["membarrier"] = (f"membarrier(MEMBARRIER_CMD_GLOBAL) refused ({os.strerror(err)}): "
-                                          f"interval boundaries wait {QUIESCE_FALLBACK_S * 1000:g} ms instead "
-                                          "of an RCU grace period, not exact by construction")
+            self.quiesce_by = "sleep"
+            self.missing["quiesce:membarrier"] = (
+                f"membarrier(MEMBARRIER_CMD_GLOBAL) refused ({os.strerror(err)}): interval boundaries wait "
+                f"{QUIESCE_FALLBACK_S * 1000:g} ms instead of an RCU grace period, not exact by construction")
         time.sleep(QUIESCE_FALLBACK_S)
 
     def _flip(self) -> int:

@@ -11,9 +11,9 @@
  *
  * Exact counts across interval boundaries (double buffering by epoch): every count key
  * carries the parity of `epoch` as the program read it. The loader flips the epoch, waits
- * for an RCU grace period (membarrier MEMBARRIER_CMD_GLOBAL = synchronize_rcu; every BPF
- * tracing program runs inside an RCU read-side section), and only then reads and deletes
- * the keys of the old parity: no program can still be adding to them, so nothing is lost
+ * for an RCU grace period (an update of the map-in-map `quiesce` calls synchronize_rcu();
+ * every BPF tracing program runs inside an RCU read-side section), and only then reads and
+ * deletes the keys of the old parity: no program can still be adding to them, so nothing is lost
  * between the read and the delete. Each program reads the epoch once, at its start.
  */
 #ifndef PMEMTRACE_COMMON_H
@@ -25,6 +25,10 @@
 #define PMD_ORDER (PMD_SHIFT_BITS - PAGE_SHIFT_BITS)
 
 BPF_ARRAY(epoch, u32, 1);
+/* No program reads these two: the loader writes quiesce[0] after each epoch flip, because an
+ * update of a map-in-map returns only after synchronize_rcu() (maybe_wait_bpf_programs). */
+BPF_ARRAY(quiesce_inner, u32, 1);
+BPF_ARRAY_OF_MAPS(quiesce, "quiesce_inner", 1);
 
 static __always_inline u32 current_epoch(void)
 {

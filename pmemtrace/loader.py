@@ -338,6 +338,7 @@ class Probes:
         self.lost_perf = 0
         self.epoch = 0                    # the epoch the probes count into (its parity is in the keys)
         self.quiesce_by = "map-in-map"    # how _quiesce waits for a grace period (it degrades, saying so)
+        self.quiesce_seconds = 0.0        # how long the last wait took
         self._lru_read_at = -OCCUPANCY_SECONDS
         self._lru_seen: Dict[str, dict] = {}
         if os.geteuid() != 0:
@@ -447,7 +448,9 @@ class Probes:
         frozen = self.epoch & 1
         self.epoch += 1
         self.bpf["epoch"][ctypes.c_int(0)] = ctypes.c_uint(self.epoch)
+        t0 = time.monotonic()
         self._quiesce()
+        self.quiesce_seconds = time.monotonic() - t0
         return frozen
 
     def _drain(self, name: str, frozen: int, occupancy: Dict[str, dict]):

@@ -204,6 +204,8 @@ def test_lost_counts_every_failed_insert_exactly(bins, monkeypatch):
             counted += sum(c.page_faults.values())
             lost += c.lost
             occupancy = c.maps["page_faults"]
+            print(f"\nquiesce by {probes.quiesce_by}: last wait {probes.quiesce_seconds * 1000:.1f} ms")
+            assert probes.quiesce_by == "map-in-map", probes.missing
         finally:
             probes.close()
         w.stdin.close()

@@ -365,6 +365,7 @@ class Probes:
                     self.bpf.attach_kretprobe(event=att.event, fn_name="on_devdax_fault_ret")
                     continue
                 self.bpf.attach_tracepoint(tp=att.id, fn_name=f"on_{att.event}")
+            self._choose_quiesce()
             for table, handler in (("dax_events", self._on_dax_event), ("syscall_events", self._on_syscall_event)):
                 if self._has_table(table):
                     self.bpf[table].open_perf_buffer(handler, page_cnt=512, lost_cb=self._on_lost)
@@ -424,13 +425,10 @@ class Probes:
         is synchronize_rcu() too, but skips it with one CPU online, where a preemptible-RCU
         kernel could still have a reader preempted mid-program."""
         if self.quiesce_by == "map-in-map":
-            try:
-                inner = self.bpf["quiesce_inner"]
-                self.bpf["quiesce"][ctypes.c_int(0)] = ctypes.c_int(inner.get_fd())
-                return
-            except Exception as e:    # bcc raises plain Exception for a refused update
-                self.quiesce_by = "membarrier"
-                self.missing["quiesce:map-in-map"] = f"map-in-map update refused ({e}): membarrier instead"
+            # tried once at start() (_choose_quiesce); no exception is caught here, so a
+            # signal handler's exception (top's SIGTERM) is never swallowed
+            self.bpf["quiesce"][ctypes.c_int(0)] = ctypes.c_int(self.bpf["quiesce_inner"].get_fd())
+            return
         if self.quiesce_by == "membarrier":
             libc = ctypes.CDLL(None, use_errno=True)
             nr = SYS_MEMBARRIER.get(os.uname().machine)
@@ -442,6 +440,14 @@ class Probes:
                 f"membarrier(MEMBARRIER_CMD_GLOBAL) refused ({os.strerror(err)}): interval boundaries wait "
                 f"{QUIESCE_FALLBACK_S * 1000:g} ms instead of an RCU grace period, not exact by construction")
         time.sleep(QUIESCE_FALLBACK_S)
+
+    def _choose_quiesce(self) -> None:
+        """The map-in-map update where the kernel allows it, else membarrier (see _quiesce)."""
+        try:
+            self.bpf["quiesce"][ctypes.c_int(0)] = ctypes.c_int(self.bpf["quiesce_inner"].get_fd())
+        except Exception as e:    # bcc raises plain Exception for a refused update
+            self.quiesce_by = "membarrier"
+            self.missing["quiesce:map-in-map"] = f"map-in-map update refused ({e}): membarrier instead"
 
     def _flip(self) -> int:
         """Start the next epoch; return the parity of the one that is now frozen."""

@@ -78,8 +78,8 @@ class Top:
         return frames
 
     def stop(self):
-        """SIGINT (as a user's ^C): top ends cleanly; the frames it printed."""
-        self.proc.send_signal(2)
+        """SIGTERM: top ends cleanly (SIGINT may be ignored in a background job); its frames."""
+        self.proc.send_signal(15)
         return self.rest()
 
     def kill(self):

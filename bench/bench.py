@@ -14,6 +14,8 @@ Configurations:
   untraced
   top      `pmemtrace top 1 --json` system-wide, default mode (no BPF on the fault path)
   exact    `pmemtrace top 1 --json --exact` (raw tracepoints on the fault path)
+  top-p    `pmemtrace top 1 --json -p PID` of an idle process (`sleep`): the pid-filtered
+           page_fault_user raw tracepoint; what it costs the other processes (one early return)
   bpftrace `bpftrace -e 'tracepoint:exceptions:page_fault_user { @[pid] = count(); }'`
            (the classic-tracepoint equivalent, when bpftrace is installed)
 Then top's own CPU share at 1 Hz with 1,000 idle processes (target: <= 5% of one core).
@@ -53,11 +55,15 @@ class Tracer:
         self.proc = None
         self.frames = []
         self.ready = threading.Event()
+        self.target = None
 
     def start(self):
         if self.kind == "untraced":
             return self
-        if self.kind in ("top", "exact"):
+        if self.kind == "top-p":
+            self.target = subprocess.Popen(["sleep", "3600"])
+            cmd = [PYTHON, "-m", "pmemtrace", "top", "1", "--json", "-p", str(self.target.pid)]
+        elif self.kind in ("top", "exact"):
             cmd = [PYTHON, "-m", "pmemtrace", "top", "1", "--json"] + (["--exact"] if self.kind == "exact" else [])
         else:
             cmd = ["bpftrace", "-e", BPFTRACE_PROG]
@@ -79,6 +85,9 @@ class Tracer:
         self.ready.set()
 
     def stop(self):
+        if self.target is not None:
+            self.target.kill()
+            self.target.wait()
         if self.proc is None:
             return 0
         if self.kind == "bpftrace":
@@ -97,9 +106,12 @@ class Tracer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             rc = self.proc.wait()
-        if rc != 0:
+        if rc != 0 and not (self.kind == "top-p" and self.target is not None):
             raise SystemExit(f"bench: {self.kind} exited {rc}: {self.proc.stderr.read()}")
         return sum(f["lost_events"] for f in self.frames)
+
+
+PIN: list = []         # ["taskset", "-c", CPU] with --pin: the workload stays on one CPU
 
 
 def run_workload(toucher, workload, seconds):
@@ -108,7 +120,7 @@ def run_workload(toucher, workload, seconds):
     The second is what a probe in the faulting task's context costs, and it stays steady
     when other load takes the CPUs; the first also sees lock waits and CPU stolen by the
     tracer's own process (both matter on a quiet machine)."""
-    out = subprocess.run([toucher, {"4k": "small"}.get(workload, workload), str(seconds)], capture_output=True,
+    out = subprocess.run([*PIN, toucher, {"4k": "small"}.get(workload, workload), str(seconds)], capture_output=True,
                          text=True, check=True).stdout.split()
     return float(out[0]), int(out[1]) / max(float(out[2]), 1e-6)
 
@@ -188,7 +200,11 @@ def main(argv=None):
     ap.add_argument("--nice", type=int, default=-10,
                     help="niceness of the bench, its workloads and tracers (all alike), so unrelated "
                          "load on the machine disturbs the phases less (0: leave as is)")
+    ap.add_argument("--pin", type=int, default=None, help="run the workload on this CPU only (taskset)")
+    ap.add_argument("--configs", default=None, help="comma-separated subset of top,exact,top-p,bpftrace")
     args = ap.parse_args(argv)
+    if args.pin is not None:
+        PIN[:] = ["taskset", "-c", str(args.pin)]
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root (sudo make bench)")
     if args.nice:
@@ -196,14 +212,17 @@ def main(argv=None):
 
     def log(msg):
         print(msg, flush=True)
-    configs = ["top", "exact"] + (["bpftrace"] if shutil.which("bpftrace") else [])
+    configs = ["top", "exact", "top-p"] + (["bpftrace"] if shutil.which("bpftrace") else [])
+    if args.configs:
+        configs = args.configs.split(",")
     workloads = args.workloads.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         toucher = build(tmp)
         log(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
             f"phases of {args.seconds:g} s, {args.rounds} rounds, nice {args.nice}; configs: {', '.join(configs)}")
         ratios, lost, base = throughput(toucher, workloads, configs, args.seconds, args.rounds, log)
-    shares = {k: idle_cpu_share(k, args.idle, args.idle_seconds, log) for k in ("top", "exact")}
+    shares = {k: idle_cpu_share(k, args.idle, args.idle_seconds, log) for k in ("top", "exact")
+              if args.idle_seconds > 0}
 
     log("")
     for kind, what in (("wall", "per wall-clock second"), ("cpu", "per CPU second of the workload")):
@@ -212,7 +231,7 @@ def main(argv=None):
         for w in workloads:
             log(f"{w:9s}" + "".join(f"{statistics.median(ratios[(w, c, kind)]):10.3f}" for c in configs)
                 + f"{statistics.median(base[w]):14.0f}")
-    log("lost events: " + ", ".join(f"{c} {lost[c]}" for c in configs if c != "bpftrace"))
+    log("lost events: " + ", ".join(f"{c} {lost[c]}" for c in configs if c not in ("bpftrace", "top-p")))
     log("top CPU share at 1 Hz with %d idle processes: %s (target <= 5%% of one core)"
         % (args.idle, ", ".join(f"{k} {100 * v:.2f}%" for k, v in shares.items())))
     if "4k" in workloads:

@@ -37,10 +37,12 @@ DAX_FAULT_OUTCOMES = ("pmd_huge", "pmd_needdsync", "pte", "pte_needdsync", "load
 
 
 def features_for(exact: bool, pid: Optional[int]) -> List[str]:
-    """Loader features: rare paths always; the per-fault ones only with --exact."""
-    feats = ["dax", "syscalls", "mincore"]
+    """Loader features: rare paths always; THP attribution only with --exact; with -p, every
+    fault of that one process per page in both modes (per-VMA `faults` are real fault counts;
+    other processes pay one early return in the pid-filtered page_fault_user program)."""
+    feats = (["faults"] if pid is not None else []) + ["dax", "syscalls", "mincore"]
     if exact:
-        feats = ["thp"] + (["faults"] if pid is not None else []) + feats
+        feats = ["thp"] + feats
     return feats
 
 
@@ -133,7 +135,7 @@ class Model:
         self.fallbacks_known = fallbacks_known   # the DAX PMD probe is attached: its fallbacks are counted
         self.exact, self.pid, self.comm, self.dax_only = exact, pid, comm, dax_only
         self.detail = pid                  # whose VMAs are shown: -p PID, or chosen on the screen
-        self.page_faults_counted = exact and pid is not None   # the loader's "faults" feature is on
+        self.page_faults_counted = pid is not None   # the loader's "faults" feature is on (features_for)
         self.procs = proc_sampler or sampler.ProcSampler(pid=pid)
         self.vmas = vma_sampler if vma_sampler is not None else (sampler.VmaSampler(pid) if pid else None)
         self.vma_cache = vma_cache or VmaCountCache()
@@ -166,6 +168,8 @@ class Model:
             "interval": round(s.seconds, 3),
             "mode": "exact" if self.exact else "default",
             "lost_events": counts.lost,
+            "lost_by_reason": dict(counts.lost_by),
+            "maps": dict(counts.maps),
             "system": self._system(s, counts),
             "processes": rows,
         }
@@ -353,16 +357,20 @@ class Model:
                 except (PmemtraceError, OSError):
                     pass
             vc = bpf.get(d.start, aggregate.VmaCounts())
-            faults, huge = d.faults, d.huge_faults
+            # faults: page faults counted in BPF (pid-filtered page_fault_user), in both modes;
+            # null where that tracepoint is missing. What /proc can tell (pages that became
+            # resident) is resident_pages_gained.
+            faults = vc.faults if self.page_faults_counted else None
+            huge = d.huge_faults
             if self.exact:
                 huge = vc.huge_faults
-                if self.page_faults_counted:
-                    faults = vc.faults
             if dax != "none":
                 huge = vc.dax.get("pmd_huge", 0)
                 faults = sum(vc.dax.get(k, 0) for k in DAX_FAULT_OUTCOMES)
-            rows.append(self._vma_row(d.start, d.end, d.perms, vma_backing(d, dax), d.path, huge_b, small_b,
-                                      faults, huge, dax, d.vm_sync, vc))
+            row = self._vma_row(d.start, d.end, d.perms, vma_backing(d, dax), d.path, huge_b, small_b,
+                                faults, huge, dax, d.vm_sync, vc)
+            row["resident_pages_gained"] = d.faults
+            rows.append(row)
         if aggregate.UNMAPPED in bpf:
             vc = bpf[aggregate.UNMAPPED]
             rows.append(self._vma_row(None, None, "", aggregate.UNMAPPED, None, 0, 0, vc.faults,

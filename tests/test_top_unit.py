@@ -497,3 +497,29 @@ def test_mincore_panel_lines():
             {"pid": 8, "comm": "idle"}]
     assert top_render.mincore_lines(rows) == [
         "mincore 7 db\\x1b[2J: 4 calls, 32M queried, 25% resident, 2.0 us/call"]
+
+
+def test_p_vma_faults_are_fault_counts_in_both_modes():
+    """One key, one meaning: under -p a VMA's `faults` is what the pid-filtered page-fault
+    probe counted, in default and --exact mode alike; pages that became resident (smaps) are
+    `resident_pages_gained`. Without that probe, `faults` is null, not another quantity."""
+    d = sampler.VmaDelta(0x10000, 0x20000, "rw-p", "", 0, 16 * 4096, 16, 0, False, frozenset())
+
+    class Vmas:
+        def sample(self):
+            return [d]
+    for exact in (False, True):
+        counts = aggregate.ProbeCounts()
+        counts.page_faults[(5, 0x11000)] = 200000
+        counts.page_faults[(5, 0x1f000)] = 1
+        counts.page_faults[(6, 0x11000)] = 9          # another process: not this VMA's
+        m = interval.Model(pid=5, exact=exact, proc_sampler=FakeProcSampler([make_sample([], {5: tracked(5)})]),
+                           vma_sampler=Vmas(), vma_cache=FakeVmaCache())
+        vma = m.step(counts)["vmas"][0]
+        assert (vma["faults"], vma["resident_pages_gained"]) == (200001, 16)
+    assert interval.features_for(False, 5)[0] == "faults" and "faults" in interval.features_for(True, 5)
+    assert "faults" not in interval.features_for(False, None) + interval.features_for(True, None)
+    m = interval.Model(pid=5, proc_sampler=FakeProcSampler([make_sample([], {5: tracked(5)})]), vma_sampler=Vmas(),
+                       vma_cache=FakeVmaCache())
+    m.page_faults_counted = False                     # page_fault_user missing on this kernel
+    assert m.step(aggregate.ProbeCounts())["vmas"][0]["faults"] is None

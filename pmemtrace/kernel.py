@@ -64,7 +64,7 @@ def release_tuple(rel: Optional[str] = None) -> Tuple[int, int]:
 
 def read_sysfs(path: str) -> Optional[str]:
     try:
-        with open(path) as f:
+        with open(path, errors="replace") as f:      # not UTF-8: text with U+FFFD, never UnicodeDecodeError
             return f.read().strip()
     except OSError:
         return None
@@ -87,7 +87,7 @@ def size_dirs(root: str) -> List[Tuple[int, str]]:
         return []
     out = []
     for name in names:
-        m = re.fullmatch(r"hugepages-(\d+)kB", name)
+        m = re.fullmatch(r"hugepages-([0-9]+)kB", name)     # ASCII digits: int() would take "٣"
         if m:
             out.append((int(m.group(1)) * 1024, f"{root}/{name}"))
     return sorted(out)

@@ -132,7 +132,7 @@ def read_mthp_stats(root: str = kernel.THP_SYSFS, keys: Iterable[str] = MTHP_KEY
         stats = {}
         for key in keys:
             value = kernel.read_sysfs(f"{path}/stats/{key}")
-            if value is not None and value.isdigit():
+            if value is not None and value.isascii() and value.isdigit():
                 stats[key] = int(value)
         if stats:
             out[size] = stats

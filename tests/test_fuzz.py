@@ -62,11 +62,12 @@ HEX = st.integers(0, (1 << 64) - 1)
 PERMS = st.builds(lambda r, w, x, s: r + w + x + s, st.sampled_from("r-"), st.sampled_from("w-"),
                   st.sampled_from("x-"), st.sampled_from("ps"))
 # a path as the kernel prints it: no leading blank (indistinguishable from padding, as in the
-# kernel's own output), a newline escaped as \012, anything else as is
+# kernel's own output), a newline escaped as \012, anything else as is. No backslash: the kernel
+# leaves a literal "\012" in a name as is, so such a name cannot round-trip (nor can it in the kernel).
 PATHS = st.one_of(
     st.just(""), st.sampled_from(["[heap]", "[stack]", "[vdso]", "[anon:x y]", "/dev/zero (deleted)"]),
     st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\x0b\x0c\x1c\x1d\x1e"
-                                   "\x85\u2028\u2029"),
+                                   "\x85\u2028\u2029\\"),
             min_size=1, max_size=40).filter(lambda p: not p[0].isspace() and p.strip() == p))
 
 
@@ -351,3 +352,123 @@ def test_btf_truncated_and_corrupted(vmlinux_btf, data):
         if blob:
             blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
     only_documented_errors(btf.parse, bytes(blob))
+
+
+# ----------------------------------------------------------------- line-level mutations of every fixture
+
+FIXTURE_PARSERS = [
+    (("proc-6.18", "maps"), procfs.parse_maps), (("proc-6.18-kinds", "maps"), procfs.parse_maps),
+    (("proc-6.18", "smaps"), procfs.parse_smaps), (("proc-6.18-kinds", "smaps"), procfs.parse_smaps),
+    (("proc-6.18", "smaps_rollup"), procfs.parse_smaps), (("proc-6.18", "status"), procfs.parse_status),
+    (("proc-6.18", "vmstat"), kernel.parse_vmstat),
+    (("tracefs-6.18", "dax_pmd_fault_done.format"), kernel.parse_format),
+    (("tracefs-6.18", "sys_enter_madvise.format"), kernel.parse_format),
+    (("proc-6.18", "stat"), lambda text: procfs.parse_stat(text.encode("utf-8", "surrogateescape"))),
+]
+HOSTILE_TOKENS = st.sampled_from(["", "-1", "1_0", "\u0663", "\u00b2", "0x", "9" * 25, "kB", ":", "-", ")(",
+                                  "\x00", "\u202e", "[", "]", ";", "field:", "offset:"])
+
+
+@st.composite
+def line_mutated(draw, text: str) -> str:
+    """Whole lines dropped, duplicated, swapped or joined, one field replaced by a hostile token."""
+    lines = text.split("\n")
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.integers(0, len(lines) - 1))
+        op = draw(st.sampled_from(("drop", "dup", "swap", "join", "token", "number")))
+        if op == "drop" and len(lines) > 1:
+            del lines[i]
+        elif op == "dup":
+            lines.insert(i, lines[i])
+        elif op == "swap":
+            j = draw(st.integers(0, len(lines) - 1))
+            lines[i], lines[j] = lines[j], lines[i]
+        elif op == "join" and i + 1 < len(lines):
+            lines[i:i + 2] = [lines[i] + lines[i + 1]]
+        elif op in ("token", "number"):
+            words = lines[i].split(" ")
+            k = draw(st.integers(0, len(words) - 1))
+            words[k] = draw(HOSTILE_TOKENS) if op == "token" else str(draw(st.integers(-(1 << 70), 1 << 70)))
+            lines[i] = " ".join(words)
+    return "\n".join(lines)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_fixture_line_mutations(data):
+    names, parse = data.draw(st.sampled_from(FIXTURE_PARSERS))
+    only_documented_errors(parse, data.draw(line_mutated(fixture(*names))))
+
+
+# ----------------------------------------------------------------- pages RANGE (typed by users)
+
+@FAST
+@given(st.text(max_size=40) | st.from_regex(r"(0x[0-9a-f]{1,17}|[0-9]{1,20})[-+](0x[0-9a-f]{1,17}|[0-9]{1,20})"
+                                            r"[KMGT]?(i?B)?", fullmatch=True))
+@example("010-020")          # int("010", 0) raised ValueError: a traceback for `pmemtrace pages PID 010-020`
+@example("0x10+01M")
+def test_pages_range(spec):
+    from pmemtrace.views import pages as pages_view
+    rng = only_documented_errors(pages_view.parse_range, spec)
+    if rng is not None:
+        start, end = rng
+        assert start < end and start % pagemap.PAGE_SIZE == 0 and end % pagemap.PAGE_SIZE == 0
+
+
+# ----------------------------------------------------------------- THP / mTHP sysfs trees
+
+SYSFS_FILES = ("enabled", "defrag", "shmem_enabled", "hugepages-64kB/enabled", "hugepages-2048kB/enabled",
+               "hugepages-64kB/stats/anon_fault_alloc", "hugepages-2048kB/stats/anon_fault_fallback",
+               "hugepages-\u0663kB/stats/anon_fault_alloc", "hugepages-x/enabled")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(files=st.dictionaries(st.sampled_from(SYSFS_FILES),
+                             st.binary(max_size=60) | st.integers(0, 1 << 64).map(lambda n: str(n).encode())
+                             | st.sampled_from([b"\xb2", "\u00b2".encode(), b"always [madvise] never"])))
+@example(files={"hugepages-64kB/stats/anon_fault_alloc": "\u00b2".encode()})   # isdigit() True, int() raises
+@example(files={"hugepages-\u0663kB/stats/anon_fault_alloc": b"0"})            # not a size the kernel writes
+@example(files={"enabled": b"\x80"})                                         # not UTF-8: UnicodeDecodeError
+def test_thp_sysfs_tree(files):
+    """kernel.thp_policy, hugetlb_pools and sampler.read_mthp_stats over any file contents; the
+    mTHP counters read back are exactly the numbers written."""
+    import tempfile
+    from pmemtrace import sampler
+    with tempfile.TemporaryDirectory() as root:
+        for rel, content in files.items():
+            os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+            with open(os.path.join(root, rel), "wb") as f:
+                f.write(content)
+        only_documented_errors(kernel.thp_policy, root)
+        only_documented_errors(kernel.hugetlb_pools, root)
+        stats = only_documented_errors(sampler.read_mthp_stats, root)
+    for size, counters in (stats or {}).items():
+        for key, value in counters.items():
+            assert value == int(files[f"hugepages-{size // KIB}kB/stats/{key}"].decode().strip())
+
+
+# ----------------------------------------------------------------- PAGEMAP_SCAN regions: what the runs add up to
+
+@st.composite
+def scan_records(draw):
+    addr = draw(st.integers(0, 1 << 35)) * 4096
+    out = []
+    for _ in range(draw(st.integers(0, 30))):
+        addr += draw(st.sampled_from([0, 0, 0, 4096, 2 << 20]))
+        length = draw(st.integers(1, 1024)) * 4096
+        out.append((addr, addr + length, draw(st.integers(0, 0x1FF))))
+        addr += length
+    return out
+
+
+@FAST
+@given(scan_records(), st.builds(pagemap.VmaFacts, st.sampled_from(["anon", "file", "shmem", "dax", "hugetlb"]),
+                                 st.sampled_from([0, 2 << 20, 1 << 30])), st.sampled_from([0x07F, 0x0FF, 0x1FF]))
+def test_scan_runs_add_up(regions, facts, known):
+    """Runs cover exactly the regions' bytes; huge bytes are exactly the present+huge regions'."""
+    runs = pagemap.classify(regions, facts, known)
+    assert sum(r.length for r in runs) == sum(e - s for s, e, _ in regions)
+    want_huge = sum(e - s for s, e, c in regions if c & pagemap.PAGE_IS_HUGE and c & pagemap.PAGE_IS_PRESENT)
+    assert sum(r.length for r in runs if r.huge) == want_huge
+    merged = pagemap.merge_regions(regions)
+    assert pagemap.merge_regions(merged) == merged and pagemap.merge_runs(runs) == runs

@@ -29,7 +29,9 @@ def parse_number(text: str, allow_suffix: bool = False) -> int:
         raise BadRange(f"not an address or size: {text!r}")
     if m.group(3) and not m.group(2):
         raise BadRange(f"not an address or size: {text!r}")
-    return int(m.group(1), 0) * _UNITS[m.group(2).upper()]
+    digits = m.group(1)
+    number = int(digits, 16) if digits[:2] in ("0x", "0X") else int(digits, 10)   # int("010", 0) raises
+    return number * _UNITS[m.group(2).upper()]
 
 
 def parse_range(spec: str, page_size: int = pagemap.PAGE_SIZE) -> Tuple[int, int]:

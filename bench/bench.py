@@ -20,6 +20,8 @@ Configurations:
   top       `pmemtrace top 1 --json` system-wide, default mode
   syscalls  `pmemtrace top 1 --json --syscalls` (the opt-in syscall tracepoints where there are no kprobes)
   exact     `pmemtrace top 1 --json --exact` (raw tracepoints on the fault path)
+  top-p     `pmemtrace top 1 --json -p PID` of an idle process (`sleep`): the pid-filtered
+            page_fault_user raw tracepoint; what it costs the other processes (one early return)
   bpftrace  `bpftrace -e 'tracepoint:exceptions:page_fault_user { @[pid] = count(); }'`, the
             classic-tracepoint equivalent of --exact's fault probe (Debian: apt-get install bpftrace)
 Also measured:
@@ -47,7 +49,7 @@ TOUCHER = os.path.join(ROOT, "tests", "workloads", "top_toucher.c")
 BPFTRACE_PROG = "tracepoint:exceptions:page_fault_user { @[pid] = count(); }"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SETTLE = 1.0            # seconds between stopping a tracer and the next untraced phase
-TOP_ARGS = {"top": [], "syscalls": ["--syscalls"], "exact": ["--exact"]}
+TOP_ARGS = {"top": [], "syscalls": ["--syscalls"], "exact": ["--exact"], "top-p": []}
 GOALS = {("4k", "top"): 0.98, ("syscall", "top"): 0.98, ("4k", "exact"): 0.95}
 
 
@@ -74,11 +76,15 @@ class Tracer:
         self.ready = threading.Event()
         self.started = 0.0
         self.first_frame = None       # seconds from start to the first frame
+        self.target = None            # top-p: the idle process it watches
 
     def start(self):
         if self.kind == "untraced":
             return self
-        if self.kind in TOP_ARGS:
+        if self.kind == "top-p":
+            self.target = subprocess.Popen(["sleep", "3600"])
+            cmd = [PYTHON, "-m", "pmemtrace", "top", "1", "--json", "-p", str(self.target.pid)]
+        elif self.kind in TOP_ARGS:
             cmd = [PYTHON, "-m", "pmemtrace", "top", "1", "--json"] + TOP_ARGS[self.kind]
         else:
             cmd = ["bpftrace", "-e", BPFTRACE_PROG]
@@ -104,6 +110,9 @@ class Tracer:
         self.ready.set()
 
     def stop(self):
+        if self.target is not None:
+            self.target.kill()
+            self.target.wait()
         if self.proc is None:
             return 0
         if self.kind == "bpftrace":
@@ -122,7 +131,7 @@ class Tracer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             rc = self.proc.wait()
-        if rc != 0:
+        if rc != 0 and not (self.kind == "top-p" and self.target is not None):   # -p: its process exited
             raise SystemExit(f"bench: {self.kind} exited {rc}: {self.proc.stderr.read()}")
         return sum(f["lost_events"] for f in self.frames)
 
@@ -230,7 +239,8 @@ def main(argv=None):
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--idle-window", type=float, default=5.0)
     ap.add_argument("--workloads", default="4k,thp,syscall")
-    ap.add_argument("--configs", default=None, help="default: top,syscalls,exact and bpftrace when installed")
+    ap.add_argument("--configs", default=None,
+                    help="default: top,syscalls,exact,top-p and bpftrace when installed")
     ap.add_argument("--tracer-cpu", type=int, default=0)
     ap.add_argument("--workload-cpu", type=int, default=(os.cpu_count() or 1) - 1)
     ap.add_argument("--nice", type=int, default=-10,
@@ -246,7 +256,7 @@ def main(argv=None):
     def log(msg):
         print(msg, flush=True)
     configs = (args.configs.split(",") if args.configs else
-               ["top", "syscalls", "exact"] + (["bpftrace"] if shutil.which("bpftrace") else []))
+               ["top", "syscalls", "exact", "top-p"] + (["bpftrace"] if shutil.which("bpftrace") else []))
     workloads = args.workloads.split(",")
     log(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f}")
     log(f"workload on CPU {args.workload_cpu}, tracers and bench on CPU {args.tracer_cpu}; phases of "
@@ -266,7 +276,7 @@ def main(argv=None):
         for w in workloads:
             log(f"{w:9s}" + "".join(f"{spread(ratios[(w, c, kind)]):>22s}" for c in configs)
                 + f"{spread(base[w], '{:.0f}'):>26s}")
-    log("lost events: " + ", ".join(f"{c} {lost[c]}" for c in configs if c != "bpftrace"))
+    log("lost events: " + ", ".join(f"{c} {lost[c]}" for c in configs if c not in ("bpftrace", "top-p")))
     log("start to first frame (s): " + ", ".join(f"{c} {spread(starts[c], '{:.2f}')}" for c in configs
                                                  if c in TOP_ARGS) + "  (goal <= 1.0 s)")
     log(f"top CPU share at 1 Hz with {args.idle} idle processes (%): "
@@ -279,7 +289,7 @@ def main(argv=None):
 
     # Markdown for README.md
     names = {"top": "default `top`", "syscalls": "`top --syscalls`", "exact": "`top --exact`",
-             "bpftrace": "bpftrace"}
+             "top-p": "`top -p` (idle pid)", "bpftrace": "bpftrace"}
     labels = {"4k": "4 KiB faults (C toucher)", "thp": "THP faults", "syscall": "syscall loop (getppid)"}
     units = {"4k": "faults/s", "thp": "faults/s", "syscall": "calls/s"}
     log("")

@@ -11,11 +11,18 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 UNMAPPED = "(unmapped)"
 
-# enum dax_outcome in probes/dax.c
+# Constants shared with probes/*.c: this is their one source; the loader generates the C
+# #defines from them (loader.shared_defines), so C and Python cannot drift apart.
+# DAX fault outcomes: the C side gets DAX_PMD_HUGE 0, DAX_PMD_FALLBACK 1, ...
 DAX_OUTCOMES = ("pmd_huge", "pmd_fallback", "pmd_needdsync", "pte", "pte_needdsync",
                 "load_hole", "pmd_load_hole", "pmd_load_hole_fallback", "mkwrite")
-# keys of events streamed by probes (EVENT_* in the loader's defines)
+# keys of events streamed by probes (EVENT_*)
 EVENT_DAX_FALLBACK, EVENT_MMAP, EVENT_MUNMAP, EVENT_MADVISE = 1, 2, 3, 4
+# why the probes dropped something (LOST_*: one slot each in the `lost` array, per epoch);
+# "<map>_full" is a failed insert into that map
+LOST_REASONS = ("thp_faults_full", "thp_unattributed_full", "thp_comm_full", "page_faults_full",
+                "dax_counts_full", "dsync_latency_full", "pte_ranges_full", "dsync_start_full",
+                "mincore_counts_full", "inflight_full")
 
 
 @dataclass
@@ -34,7 +41,7 @@ class MincoreStats:
 
 @dataclass
 class ProbeCounts:
-    """One interval's worth of what the probes counted (maps read and cleared)."""
+    """One interval's worth of what the probes counted (one epoch of the maps, see loader)."""
     thp_faults: Dict[Tuple[int, int], int] = field(default_factory=dict)      # (tgid, pmd addr) -> n
     thp_unattributed: Dict[int, int] = field(default_factory=dict)           # tgid -> n (no address)
     page_faults: Dict[Tuple[int, int], int] = field(default_factory=dict)     # (tgid, page addr) -> n
@@ -44,6 +51,8 @@ class ProbeCounts:
     comms: Dict[int, str] = field(default_factory=dict)
     events: List[dict] = field(default_factory=list)                          # streamed rare events
     lost: int = 0
+    lost_by: Dict[str, int] = field(default_factory=dict)                     # LOST_REASONS / "perf" -> n
+    maps: Dict[str, dict] = field(default_factory=dict)       # map name -> {"entries", "max_entries"}
 
 
 @dataclass
@@ -96,6 +105,8 @@ class VmaIndex:
         return None
 
 
+# uapi (include/uapi/asm-generic/mman-common.h): the madvise advice the probes stream
+# (the C side gets MADV_HUGEPAGE_NR 14, ...)
 MADVISE_NAMES = {14: "HUGEPAGE", 15: "NOHUGEPAGE", 25: "COLLAPSE"}
 MAP_SYNC = 0x80000
 EOPNOTSUPP = 95
@@ -186,4 +197,7 @@ def merge(into: ProbeCounts, more: ProbeCounts) -> ProbeCounts:
     into.comms.update(more.comms)
     into.events.extend(more.events)
     into.lost += more.lost
+    for k, v in more.lost_by.items():
+        into.lost_by[k] = into.lost_by.get(k, 0) + v
+    into.maps.update(more.maps)
     return into

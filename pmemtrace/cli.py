@@ -23,6 +23,27 @@ Examples:
   pmemtrace top 1 3 --json    # machine-readable, one object per interval
 """
 
+EXAMPLES_REPORT = """\b
+Examples:
+  sudo pmemtrace report 1234                # huge vs small bytes, DAX, VM_SYNC, THP per VMA
+  sudo pmemtrace report 1234 --all          # also VMAs with nothing resident
+  sudo pmemtrace report 1234 --duration 10  # plus the faults the probes see in 10 s
+  sudo pmemtrace report 1234 --json         # the documented JSON schema
+"""
+
+EXAMPLES_PAGES = """\b
+Examples:
+  sudo pmemtrace pages 1234                         # every VMA: runs and a map strip
+  sudo pmemtrace pages 1234 --vma 0x7f6aefa00000    # the VMA containing that address
+  sudo pmemtrace pages 1234 0x7f6aefa00000+64M      # 64 MiB from that address
+  sudo pmemtrace pages 1234 0x7f0000000000-0x7f0040000000 --json
+"""
+
+EXAMPLES_DOCTOR = """\b
+Examples:
+  sudo pmemtrace doctor       # one verdict per line, with the fix; exit 1 if pmemtrace cannot run
+"""
+
 
 def handle_errors(fn):
     """Run a command body; a PmemtraceError becomes one line on stderr and its exit code."""
@@ -46,7 +67,7 @@ def cli():
     DAX and MAP_SYNC (VM_SYNC) truth, from the page tables and kernel tracepoints."""
 
 
-@cli.command()
+@cli.command(epilog=EXAMPLES_REPORT)
 @click.argument("pid", type=int)
 @click.option("--all", "show_all", is_flag=True, help="Also show VMAs with no resident pages.")
 @click.option("--json", "as_json", is_flag=True, help="Print the documented JSON schema instead of a table.")
@@ -86,7 +107,7 @@ def top(interval, count, noclear, maxrows, sort_key, pid, comm, dax_only, exact,
              pid=pid, comm=comm, dax_only=dax_only, exact=exact, as_json=as_json, ebpf=ebpf, syscalls=syscalls)
 
 
-@cli.command()
+@cli.command(epilog=EXAMPLES_PAGES)
 @click.argument("pid", type=int)
 @click.argument("range_spec", metavar="[RANGE]", required=False)
 @click.option("--vma", "vma_addr", default=None, metavar="ADDR", help="The VMA containing ADDR.")
@@ -100,7 +121,7 @@ def pages(pid, range_spec, vma_addr, as_json):
     view.run(pid, range_spec=range_spec, vma_addr=vma_addr, as_json=as_json)
 
 
-@cli.command()
+@cli.command(epilog=EXAMPLES_DOCTOR)
 @handle_errors
 def doctor():
     """Check what pmemtrace needs on this machine; each line a verdict and the fix."""

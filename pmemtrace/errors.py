@@ -47,4 +47,9 @@ class BadRange(PmemtraceError):
     exit_code = 11
 
 
+class ProcFormatError(PmemtraceError, ValueError):
+    """A /proc, sysfs or tracefs file in a shape pmemtrace cannot read (a kernel it does not know)."""
+    exit_code = 15
+
+
 EXIT_CODES = {cls.__name__: cls.exit_code for cls in PmemtraceError.__subclasses__()}

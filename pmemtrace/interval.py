@@ -23,9 +23,10 @@ exited processes stay on their own pid rows (BPF counts by tgid), marked exited.
 """
 import dataclasses
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from . import aggregate, kernel, procfs, sampler
+from .backing import FileFacts, classify_backing
 from .errors import PmemtraceError, ProcessExited
 
 # the columns a frame's process rows can be sorted by (the CLI's -s choices, top's < > keys)
@@ -36,21 +37,25 @@ DAX_FAULT_OUTCOMES = ("pmd_huge", "pmd_needdsync", "pte", "pte_needdsync", "load
 
 
 def features_for(exact: bool, pid: Optional[int], syscalls: bool = False, kprobes: bool = False) -> List[str]:
-    """Loader features: DAX outcomes always; the per-fault ones only with --exact.
+    """Loader features: DAX outcomes always; THP attribution only with --exact; with -p, every
+    fault of that one process per page in both modes (per-VMA `faults` are real fault counts;
+    other processes pay one early return in the pid-filtered page_fault_user program).
 
     mmap / munmap / madvise / mincore: through kprobes on the syscall functions where the
     kernel has them (``kprobes``: only those calls pay); else through syscall tracepoints,
     only when asked (``syscalls``, top --syscalls), because any syscall tracepoint puts every
     syscall of every task on the slow path. Without either, MAP_SYNC and madvise state come
     from smaps VmFlags (sf, hg, nh) and the syscall counts are null."""
-    feats = ["dax"] + (["ksyscalls", "kmincore"] if kprobes else ["syscalls", "mincore"] if syscalls else [])
+    feats = ((["faults"] if pid is not None else []) + ["dax"]
+             + (["ksyscalls", "kmincore"] if kprobes else ["syscalls", "mincore"] if syscalls else []))
     if exact:
-        feats = ["thp"] + (["faults"] if pid is not None else []) + feats
+        feats = ["thp"] + feats
     return feats
 
 
 class NoProbes:
-    """Stands in for loader.Probes where no BPF is wanted (tests, or a fake)."""
+    """Stands in for loader.Probes where no BPF is wanted (tests, or a fake): no feature attached."""
+    features: Tuple[str, ...] = ()
     missing: Dict[str, str] = {}
 
     def snapshot(self) -> aggregate.ProbeCounts:
@@ -103,20 +108,20 @@ class VmaCountCache:
         self.cache: Dict[int, tuple] = {}
         self.dax_cache: dict = {}
 
-    def peek(self, pid: int, starttime: int, dirty: bool = False) -> Optional[sampler.VmaCounts]:
+    def peek(self, pid: int, starttime: int, dirty: bool = False) -> Optional[sampler.DaxSyncCounts]:
         """The cached counts if still fresh, else None (no read)."""
         hit = self.cache.get(pid)
         if hit and hit[0] == starttime and not dirty and self.clock() - hit[1] < self.refresh:
             return hit[2]
         return None
 
-    def get(self, pid: int, starttime: int, dirty: bool = False) -> Optional[sampler.VmaCounts]:
+    def get(self, pid: int, starttime: int, dirty: bool = False) -> Optional[sampler.DaxSyncCounts]:
         hit = self.cache.get(pid)
         now = self.clock()
         if hit and hit[0] == starttime and not dirty and now - hit[1] < self.refresh:
             return hit[2]
         try:
-            counts = sampler.vma_counts(pid, self.read_smaps(pid), cache=self.dax_cache)
+            counts = sampler.dax_sync_counts(pid, self.read_smaps(pid), cache=self.dax_cache)
         except PmemtraceError:
             return hit[2] if hit else None
         self.cache[pid] = (starttime, now, counts)
@@ -140,7 +145,7 @@ class Model:
         self.fallbacks_known = fallbacks_known   # the DAX PMD probe is attached: its fallbacks are counted
         self.exact, self.pid, self.comm, self.dax_only = exact, pid, comm, dax_only
         self.detail = pid                  # whose VMAs are shown: -p PID, or chosen on the screen
-        self.page_faults_counted = exact and pid is not None   # the loader's "faults" feature is on
+        self.page_faults_counted = pid is not None   # the loader's "faults" feature is on (features_for)
         self.procs = proc_sampler or sampler.ProcSampler(pid=pid)
         self.vmas = vma_sampler if vma_sampler is not None else (sampler.VmaSampler(pid) if pid else None)
         self.vma_cache = vma_cache or VmaCountCache()
@@ -178,9 +183,10 @@ class Model:
                 if not (v.huge.huge or v.huge.small):
                     continue
                 m = procfs.MapEntry(v.start, v.end, v.perms, 0, v.dev, v.inode, v.path)
-                vmas.append(self._vma_row(v.start, v.end, v.perms, backing(v.path, v.perms), v.huge.huge,
-                                          v.huge.small, 0, 0, self._dax_of(m) if v.inode else "none",
-                                          "sf" in v.vmflags, aggregate.VmaCounts(), v.vmflags))
+                dax = self._dax_of(m) if v.inode else "none"
+                vmas.append(self._vma_row(v.start, v.end, v.perms, vma_backing(v, dax), v.path, v.huge.huge,
+                                          v.huge.small, 0, 0, dax, "sf" in v.vmflags, aggregate.VmaCounts(),
+                                          v.vmflags))
             frame["vmas"] = vmas if self.syscalls_known else [self._unwatched(r) for r in vmas]
         return frame
 
@@ -204,6 +210,8 @@ class Model:
             "interval": round(s.seconds, 3),
             "mode": "exact" if self.exact else "default",
             "lost_events": counts.lost,
+            "lost_by_reason": dict(counts.lost_by),
+            "maps": dict(counts.maps),
             "system": self._system(s, counts),
             "processes": rows,
         }
@@ -233,12 +241,12 @@ class Model:
             for v in prev:
                 vc = bpf.get(v.start)
                 if vc is not None:
-                    vmas.append(self._vma_row(v.start, v.end, v.perms, backing(v.path, v.perms), 0, 0,
+                    vmas.append(self._vma_row(v.start, v.end, v.perms, vma_backing(v), v.path, 0, 0,
                                               vc.faults, vc.huge_faults, "none", "sf" in v.vmflags, vc, v.vmflags))
             if aggregate.UNMAPPED in bpf:
                 vc = bpf[aggregate.UNMAPPED]
-                vmas.append(self._vma_row(None, None, "", aggregate.UNMAPPED, 0, 0, vc.faults, vc.huge_faults,
-                                          "none", False, vc))
+                vmas.append(self._vma_row(None, None, "", aggregate.UNMAPPED, None, 0, 0, vc.faults,
+                                          vc.huge_faults, "none", False, vc))
         return {"time": round(s.time, 3), "interval": round(s.seconds, 3),
                 "mode": "exact" if self.exact else "default", "lost_events": counts.lost,
                 "system": self._system(s, counts), "processes": rows, "pid": self.pid, "vmas": vmas,
@@ -395,20 +403,24 @@ class Model:
                 except (PmemtraceError, OSError):
                     pass
             vc = bpf.get(d.start, aggregate.VmaCounts())
-            faults, huge = d.faults, d.huge_faults
+            # faults: page faults counted in BPF (pid-filtered page_fault_user), in both modes;
+            # null where that tracepoint is missing. What /proc can tell (pages that became
+            # resident) is resident_pages_gained.
+            faults = vc.faults if self.page_faults_counted else None
+            huge = d.huge_faults
             if self.exact:
                 huge = vc.huge_faults
-                if self.page_faults_counted:
-                    faults = vc.faults
             if dax != "none":
                 huge = vc.dax.get("pmd_huge", 0)
                 faults = sum(vc.dax.get(k, 0) for k in DAX_FAULT_OUTCOMES)
-            rows.append(self._vma_row(d.start, d.end, d.perms, backing(d.path, d.perms), huge_b, small_b,
-                                      faults, huge, dax, d.vm_sync, vc, d.vmflags))
+            row = self._vma_row(d.start, d.end, d.perms, vma_backing(d, dax), d.path, huge_b, small_b,
+                                faults, huge, dax, d.vm_sync, vc, d.vmflags)
+            row["resident_pages_gained"] = d.faults
+            rows.append(row)
         if aggregate.UNMAPPED in bpf:
             vc = bpf[aggregate.UNMAPPED]
-            rows.append(self._vma_row(None, None, "", aggregate.UNMAPPED, 0, 0, vc.faults, vc.huge_faults,
-                                      "none", False, vc))
+            rows.append(self._vma_row(None, None, "", aggregate.UNMAPPED, None, 0, 0, vc.faults,
+                                      vc.huge_faults, "none", False, vc))
         rows = [r for r in rows if r["huge_bytes"] or r["small_bytes"] or r["faults"] or r["huge_faults"]
                 or r["madvise"] or r["map_sync_refusals"] or r["dax_faults"]]
         return rows if self.syscalls_known else [self._unwatched(r) for r in rows]
@@ -419,8 +431,9 @@ class Model:
         return {**r, "map_sync_requests": None, "map_sync_refusals": None, "madvise": None}
 
     @staticmethod
-    def _vma_row(start, end, perms, back, huge_b, small_b, faults, huge, dax, vm_sync, vc, vmflags=None) -> dict:
-        return {"start": start, "end": end, "perms": perms, "backing": back, "huge_bytes": huge_b,
+    def _vma_row(start, end, perms, back, path, huge_b, small_b, faults, huge, dax, vm_sync, vc,
+                 vmflags=None) -> dict:
+        return {"start": start, "end": end, "perms": perms, "backing": back, "path": path, "huge_bytes": huge_b,
                 "small_bytes": small_b, "faults": faults, "huge_faults": huge, "dax": dax, "vm_sync": vm_sync,
                 # smaps VmFlags hg / nh: the VMA's madvise(MADV_HUGEPAGE / NOHUGEPAGE) state, in every mode
                 "vm_hugepage": None if vmflags is None else "hg" in vmflags,
@@ -429,7 +442,8 @@ class Model:
                 "map_sync_refusals": vc.map_sync_refusals, "madvise": dict(vc.madvise)}
 
 
-def backing(path: str, perms: str) -> str:
-    if not path:
-        return "anon (shared)" if perms[3:4] == "s" else "anon"
-    return path
+def vma_backing(v, dax: str = "none") -> str:
+    """report's BACKING category for a sampled VMA (sampler.VmaState / VmaDelta); by name where
+    report also asks statfs (top does not read map_files for every VMA)."""
+    m = procfs.MapEntry(v.start, v.end, v.perms, 0, v.dev, v.inode, v.path)
+    return classify_backing(m, v.vmflags, FileFacts(dax))

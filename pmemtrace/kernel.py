@@ -64,7 +64,7 @@ def release_tuple(rel: Optional[str] = None) -> Tuple[int, int]:
 
 def read_sysfs(path: str) -> Optional[str]:
     try:
-        with open(path) as f:
+        with open(path, errors="replace") as f:      # not UTF-8: text with U+FFFD, never UnicodeDecodeError
             return f.read().strip()
     except OSError:
         return None
@@ -87,7 +87,7 @@ def size_dirs(root: str) -> List[Tuple[int, str]]:
         return []
     out = []
     for name in names:
-        m = re.fullmatch(r"hugepages-(\d+)kB", name)
+        m = re.fullmatch(r"hugepages-([0-9]+)kB", name)     # ASCII digits: int() would take "٣"
         if m:
             out.append((int(m.group(1)) * 1024, f"{root}/{name}"))
     return sorted(out)
@@ -97,7 +97,11 @@ def read_pmd_size(root: Optional[str] = None) -> int:
     """Bytes mapped by one PMD leaf: THP's hpage_pmd_size, else (no THP in this kernel)
     PAGE_SIZE * the PTEs of one page table (2 MiB with 4 KiB pages)."""
     value = read_sysfs(f"{root or THP_SYSFS}/hpage_pmd_size")
-    return int(value) if value and value.isdigit() else PAGE_SIZE * (PAGE_SIZE // 8)
+    if value and value.isascii() and value.isdigit():
+        size = int(value)
+        if size >= PAGE_SIZE and size & (size - 1) == 0:     # a page size is a power of two
+            return size
+    return PAGE_SIZE * (PAGE_SIZE // 8)
 
 
 @lru_cache(maxsize=1)
@@ -137,13 +141,21 @@ def hugetlb_pools(root: str = HUGETLB_SYSFS) -> List[HugetlbPool]:
             for size, path in size_dirs(root)]
 
 
-def read_vmstat(path: str = "/proc/vmstat") -> Dict[str, int]:
+def parse_vmstat(text: str) -> Dict[str, int]:
+    """/proc/vmstat: one 'name value' a line. A line that is not one (a future format) is left
+    out rather than guessed at; callers read the counters they know by name."""
     out = {}
-    with open(path) as f:
-        for line in f:
-            key, _, value = line.partition(" ")
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        value = value.strip()
+        if key and value.isascii() and value.isdigit():
             out[key] = int(value)
     return out
+
+
+def read_vmstat(path: str = "/proc/vmstat") -> Dict[str, int]:
+    with open(path) as f:
+        return parse_vmstat(f.read())
 
 
 # ------------------------------------------------------------------ tracefs
@@ -192,7 +204,8 @@ def parse_format(text: str) -> List[Field]:
     for m in FIELD_RE.finditer(text):
         decl = m.group("decl").strip()
         name_m = re.search(r"(\w+)(\[\d*\])?$", decl)
-        assert name_m is not None, decl   # FIELD_RE's decl always ends in a name
+        if name_m is None:        # a declaration with no name: not a field pmemtrace can read
+            continue
         name = name_m.group(1)
         fields.append(Field(name, decl, int(m.group("off")), int(m.group("size")), m.group("signed") == "1"))
     return sorted(fields, key=lambda f: f.offset)

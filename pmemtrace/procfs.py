@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from .errors import KernelThread, NoSuchProcess, NotRoot, ProcessExited
+from .errors import KernelThread, NoSuchProcess, NotRoot, ProcessExited, ProcFormatError
 
 PROC = "/proc"
 KIB = 1024
@@ -57,18 +57,22 @@ def unescape_path(raw: str) -> str:
 
 
 def parse_map_line(line: str) -> MapEntry:
+    """One maps line; ProcFormatError (a ValueError too) when it is not one."""
     parts = line.rstrip("\n").split(None, 5)
-    if len(parts) < 5:
-        raise ValueError(f"not a maps line: {line!r}")
-    lo, hi = parts[0].split("-")
-    major, minor = parts[3].split(":")
-    path = ""
-    if len(parts) == 6:
-        # split(None, 5) already dropped the padding before the path; a path that itself
-        # starts with spaces cannot be told apart from padding, as in the kernel's output.
-        path = unescape_path(parts[5])
-    return MapEntry(int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16),
-                    (int(major, 16), int(minor, 16)), int(parts[4]), path)
+    try:
+        if len(parts) < 5:
+            raise ValueError("fewer than five fields")
+        lo, hi = parts[0].split("-")
+        major, minor = parts[3].split(":")
+        path = ""
+        if len(parts) == 6:
+            # split(None, 5) already dropped the padding before the path; a path that itself
+            # starts with spaces cannot be told apart from padding, as in the kernel's output.
+            path = unescape_path(parts[5])
+        return MapEntry(int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16),
+                        (int(major, 16), int(minor, 16)), int(parts[4]), path)
+    except ValueError as e:
+        raise ProcFormatError(f"not a /proc/PID/maps line ({e}): {line[:80]!r}") from None
 
 
 def parse_maps(text: str) -> List[MapEntry]:
@@ -87,6 +91,11 @@ def _is_map_line(line: str) -> bool:
     return True
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_smaps(text: str) -> List[Smaps]:
     """Parse /proc/PID/smaps (or smaps_rollup, whose single header has no VMA)."""
     blocks: List[Smaps] = []
@@ -102,9 +111,9 @@ def parse_smaps(text: str) -> List[Smaps]:
         value = value.strip()
         if key == "VmFlags":
             blocks[-1].vmflags = frozenset(value.split())
-        elif value.endswith(" kB"):
+        elif value.endswith(" kB") and _is_number(value[:-3]):
             blocks[-1].counters[key] = int(value[:-3]) * KIB
-        elif value.isdigit():
+        elif _is_number(value):
             blocks[-1].counters[key] = int(value)
     return blocks
 

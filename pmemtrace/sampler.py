@@ -216,7 +216,7 @@ def read_mthp_stats(root: str = kernel.THP_SYSFS, keys: Iterable[str] = MTHP_KEY
         stats = {}
         for key in keys:
             value = kernel.read_sysfs(f"{path}/stats/{key}")
-            if value is not None and value.isdigit():
+            if value is not None and value.isascii() and value.isdigit():
                 stats[key] = int(value)
         if stats:
             out[size] = stats
@@ -507,15 +507,17 @@ def vma_dax(pid: int, m: procfs.MapEntry) -> str:
 
 
 @dataclass(frozen=True)
-class VmaCounts:
+class DaxSyncCounts:
+    """How many VMAs of a process are DAX, and how many VM_SYNC (not aggregate.VmaCounts, which
+    holds one VMA's probe counts)."""
     dax: int
     vm_sync: int
     hugepage: int = 0       # VmFlags hg: madvise(MADV_HUGEPAGE)
     nohugepage: int = 0     # VmFlags nh: madvise(MADV_NOHUGEPAGE)
 
 
-def vma_counts(pid: int, blocks: List[procfs.Smaps], dax_of: Callable[[int, procfs.MapEntry], str] = vma_dax,
-               cache: Optional[Dict[Tuple[Tuple[int, int], int], str]] = None) -> VmaCounts:
+def dax_sync_counts(pid: int, blocks: List[procfs.Smaps], dax_of: Callable[[int, procfs.MapEntry], str] = vma_dax,
+               cache: Optional[Dict[Tuple[Tuple[int, int], int], str]] = None) -> DaxSyncCounts:
     """How many VMAs of pid are DAX, and how many carry VM_SYNC (VmFlags 'sf').
 
     ``cache`` maps (device, inode) to the DAX verdict across calls (one statx per file)."""
@@ -529,5 +531,5 @@ def vma_counts(pid: int, blocks: List[procfs.Smaps], dax_of: Callable[[int, proc
             cache[key] = dax_of(pid, b.map)
         dax += cache[key] != "none"
     sync = sum(1 for b in blocks if "sf" in b.vmflags)
-    return VmaCounts(dax, sync, sum(1 for b in blocks if "hg" in b.vmflags),
-                     sum(1 for b in blocks if "nh" in b.vmflags))
+    return DaxSyncCounts(dax, sync, sum(1 for b in blocks if "hg" in b.vmflags),
+                         sum(1 for b in blocks if "nh" in b.vmflags))

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* device-dax faults: /dev/daxX.Y has no tracepoints, so where the kernel has
  * kprobes (feature-detected by the loader) dev_dax_huge_fault is probed for its
  * scalar arguments only: the size argument (an order since 6.6, enum
@@ -7,8 +8,13 @@
  * DAX faults.
  */
 #include <uapi/linux/ptrace.h>   /* struct pt_regs: the arch ABI, for the argument registers only */
+#include "common.h"
+#include "stash.h"
+#include "dax_counts.h"
 
-BPF_HASH(devdax_inflight, u32, u32, 10240);
+/* tid -> size argument between entry and return; LRU-bounded (a thread killed inside the
+ * fault never deletes its entry) */
+BPF_TABLE("lru_hash", u32, u32, devdax_inflight, INFLIGHT_ENTRIES);
 
 int on_devdax_fault(struct pt_regs *ctx)
 {
@@ -16,7 +22,7 @@ int on_devdax_fault(struct pt_regs *ctx)
 	if (!pid_wanted(id >> 32))
 		return 0;
 	u32 tid = id, size = (u32)PT_REGS_PARM2(ctx);
-	devdax_inflight.update(&tid, &size);
+	lose_if_failed(devdax_inflight.update(&tid, &size), current_epoch(), LOST_INFLIGHT_FULL);
 	return 0;
 }
 
@@ -29,16 +35,17 @@ int on_devdax_fault_ret(struct pt_regs *ctx)
 		return 0;
 	u32 arg = *size;
 	devdax_inflight.delete(&tid);
+	u32 ep = current_epoch();
 	u32 result = (u32)PT_REGS_RC(ctx);
 	struct fault_stash *s = stash.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0, 0);
-	u64 page = s ? s->address & ~0xfffULL : 0;
+	u64 page = s ? s->address & PAGE_MASK_ADDR : 0;
 	if (arg == DEVDAX_PMD_ARG) {
-		if (result & VM_FAULT_FALLBACK_BIT)
-			dax_count(tgid, page, DAX_PMD_FALLBACK);
-		else if (result & VM_FAULT_NOPAGE_BIT)
-			dax_count(tgid, page, DAX_PMD_HUGE);
+		if (result & VM_FAULT_FALLBACK_MASK)
+			dax_count(ep, tgid, page, DAX_PMD_FALLBACK);
+		else if (result & VM_FAULT_NOPAGE_MASK)
+			dax_count(ep, tgid, page, DAX_PMD_HUGE);
 	} else if (arg == DEVDAX_PTE_ARG) {
-		dax_count(tgid, page, DAX_PTE);
+		dax_count(ep, tgid, page, DAX_PTE);
 	}
 	return 0;
 }

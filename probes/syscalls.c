@@ -1,12 +1,18 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Rare paths: mmap / munmap / madvise (streamed, one event each) and mincore
  * (aggregated per process in the kernel, with the resident fraction of the answer).
  * Syscall tracepoints put every syscall of every task on the slow path while
  * attached; bench/bench.py measures that on a syscall-heavy loop.
+ * The *_inflight maps (tid -> arguments, from enter to exit) are LRU-bounded: a thread
+ * killed inside the syscall never deletes its entry.
  */
+#include "common.h"
+
+#ifdef FEATURE_SYSCALLS
 struct mmap_args {
 	u64 addr, len, prot, flags, fd, off;
 };
-BPF_HASH(mmap_inflight, u32, struct mmap_args, 10240);
+BPF_TABLE("lru_hash", u32, struct mmap_args, mmap_inflight, INFLIGHT_ENTRIES);
 BPF_PERF_OUTPUT(syscall_events);
 
 struct syscall_event {
@@ -17,7 +23,6 @@ struct syscall_event {
 	char comm[16];
 };
 
-#ifdef FEATURE_SYSCALLS
 #ifdef HAVE_tp_syscalls__sys_enter_mmap
 int on_sys_enter_mmap(struct tp_syscalls__sys_enter_mmap *args)
 {
@@ -27,7 +32,7 @@ int on_sys_enter_mmap(struct tp_syscalls__sys_enter_mmap *args)
 	u32 tid = id;
 	struct mmap_args a = { .addr = args->addr, .len = args->len, .prot = args->prot,
 			       .flags = args->flags, .fd = args->fd, .off = args->off };
-	mmap_inflight.update(&tid, &a);
+	lose_if_failed(mmap_inflight.update(&tid, &a), current_epoch(), LOST_INFLIGHT_FULL);
 	return 0;
 }
 #endif
@@ -90,12 +95,12 @@ int on_sys_enter_madvise(struct tp_syscalls__sys_enter_madvise *args)
 struct mincore_args {
 	u64 start, len, vec, ts;
 };
-BPF_HASH(mincore_inflight, u32, struct mincore_args, 10240);
+BPF_TABLE("lru_hash", u32, struct mincore_args, mincore_inflight, INFLIGHT_ENTRIES);
 
 struct mincore_stats {
 	u64 calls, errors, bytes, pages_examined, pages_resident, ns;
 };
-BPF_HASH(mincore_counts, u32, struct mincore_stats, 4096);
+BPF_HASH(mincore_counts, struct tgid_key, struct mincore_stats, COMM_MAP_ENTRIES);
 
 #ifdef HAVE_tp_syscalls__sys_enter_mincore
 int on_sys_enter_mincore(struct tp_syscalls__sys_enter_mincore *args)
@@ -106,7 +111,7 @@ int on_sys_enter_mincore(struct tp_syscalls__sys_enter_mincore *args)
 	u32 tid = id;
 	struct mincore_args a = { .start = args->start, .len = args->len,
 				  .vec = (u64)args->vec, .ts = bpf_ktime_get_ns() };
-	mincore_inflight.update(&tid, &a);
+	lose_if_failed(mincore_inflight.update(&tid, &a), current_epoch(), LOST_INFLIGHT_FULL);
 	return 0;
 }
 #endif
@@ -119,9 +124,11 @@ int on_sys_exit_mincore(struct tp_syscalls__sys_exit_mincore *args)
 	struct mincore_args *a = mincore_inflight.lookup(&tid);
 	if (!a)
 		return 0;
-	struct mincore_stats zero = {}, *st = mincore_counts.lookup_or_try_init(&tgid, &zero);
+	u32 ep = current_epoch();
+	struct tgid_key t = { .tgid = tgid, .epoch = ep };
+	struct mincore_stats zero = {}, *st = mincore_counts.lookup_or_try_init(&t, &zero);
 	if (!st) {
-		count_lost(LOST_MAP_FULL);
+		count_lost(ep, LOST_MINCORE_COUNTS_FULL);
 		mincore_inflight.delete(&tid);
 		return 0;
 	}
@@ -134,7 +141,7 @@ int on_sys_exit_mincore(struct tp_syscalls__sys_exit_mincore *args)
 	}
 	__sync_fetch_and_add(&st->bytes, a->len);
 	/* Read the answer vector, bounded: the first MINCORE_VEC_WORDS * 8 pages. */
-	u64 pages = (a->len + 4095) >> 12, examined = 0, resident = 0;
+	u64 pages = (a->len + (1ULL << PAGE_SHIFT_BITS) - 1) >> PAGE_SHIFT_BITS, examined = 0, resident = 0;
 	u64 vec = a->vec;
 	for (int i = 0; i < MINCORE_VEC_WORDS; i++) {
 		if (examined + 8 > pages)

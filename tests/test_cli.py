@@ -70,6 +70,21 @@ def test_command_help(command, expect):
     assert "--ebpf" not in r.stdout                       # hidden, as in bcc tools
 
 
+def test_every_command_has_help_with_examples():
+    """README: every command has --help with examples (each line a runnable pmemtrace command)."""
+    assert set(cli.commands) >= {"report", "top", "pages", "doctor"}
+    for name in cli.commands:
+        r = invoke(name, "--help")
+        assert r.exit_code == 0
+        examples = r.stdout.split("Examples:\n", 1)[1].splitlines()
+        commands = [line.split("#")[0].split() for line in examples if line.strip()]
+        assert commands, name
+        for words in commands:
+            words = words[1:] if words[0] == "sudo" else words
+            assert words[:2] == ["pmemtrace", name], (name, words)
+            cli.commands[name].make_context(name, words[2:])     # parses: raises on bad usage
+
+
 # ---------------------------------------------------------------- report
 
 @pytest.mark.parametrize("pid", [0, -1])

@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 
 from pmemtrace import pagemap as pm
-from pmemtrace import procfs
+from pmemtrace import procfs, vmas
 from pmemtrace.errors import BadRange
 from pmemtrace.pagemap import PageRun, VmaFacts
 from pmemtrace.views import pages
@@ -403,7 +403,7 @@ def test_collect_pid_gone_mid_read_is_process_exited(monkeypatch, smaps):
     monkeypatch.setattr(procfs, "read_smaps", lambda pid: smaps)
     monkeypatch.setattr(pm, "scan", vanished)
     monkeypatch.setattr(pm, "scan_fallback", vanished)
-    monkeypatch.setattr(pages, "vma_dax", lambda pid, m: False)
+    monkeypatch.setattr(vmas, "file_facts", lambda pid, m: vmas.FileFacts())
     with pytest.raises(ProcessExited):
         pages.collect(1234)
     monkeypatch.setattr(procfs, "read_smaps", lambda pid: [])

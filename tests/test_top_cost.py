@@ -18,8 +18,8 @@ from pmemtrace.views import top
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 FORMATS = os.path.join(FIX, "tracefs-6.18")
-ENUMS = {"THP_FAULT_ALLOC_ITEM": 3, "THP_FILE_ALLOC_ITEM": 7, "VM_FAULT_NOPAGE_BIT": 0x100,
-         "VM_FAULT_FALLBACK_BIT": 0x800, "VM_FAULT_NEEDDSYNC_BIT": 0x2000}
+ENUMS = {"THP_FAULT_ALLOC_ITEM": 3, "THP_FILE_ALLOC_ITEM": 7, "VM_FAULT_NOPAGE_MASK": 0x100,
+         "VM_FAULT_FALLBACK_MASK": 0x800, "VM_FAULT_NEEDDSYNC_MASK": 0x2000}
 SYSCALL_TPS = {"syscalls:sys_enter_mmap", "syscalls:sys_exit_mmap", "syscalls:sys_enter_munmap",
                "syscalls:sys_enter_madvise", "syscalls:sys_enter_mincore", "syscalls:sys_exit_mincore"}
 KSYSCALLS = {"ksyscall:mmap", "ksyscall:munmap", "ksyscall:madvise", "ksyscall:mincore"}
@@ -139,9 +139,16 @@ def test_cli_syscalls_flag(monkeypatch):
 
 # ----------------------------------------------------------------- null where not watched
 
-def json_frames(**kw):
+class Attached(interval.NoProbes):
+    """A stand-in whose probes say they attached what was asked for (and nothing is missing)."""
+
+    def __init__(self, features):
+        self.features = tuple(features)
+
+
+def json_frames(probes=lambda f, p: interval.NoProbes(), **kw):
     out = io.StringIO()
-    top.run(interval=0.1, count=1, as_json=True, probes_factory=lambda f, p: interval.NoProbes(), out=out, **kw)
+    top.run(interval=0.1, count=1, as_json=True, probes_factory=probes, out=out, **kw)
     return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
@@ -153,9 +160,13 @@ def test_unwatched_syscall_counts_are_null(monkeypatch):
     vmas = [v for f in frames for v in f.get("vmas", [])]
     assert vmas and all(v["madvise"] is None and v["map_sync_refusals"] is None for v in vmas)
     assert all(isinstance(v["vm_hugepage"], bool) and isinstance(v["vm_nohugepage"], bool) for v in vmas)
+    frames = json_frames(lambda f, p: Attached(f), pid=os.getpid(), syscalls=True)
+    rows = [r for f in frames for r in f["processes"] if r["pid"] == os.getpid()]
+    assert rows and all(r["map_sync_refusals"] == 0 and r["madvise_calls"] == 0 for r in rows)
+    # asked for, but the probes say it is not attached (NoProbes): unknown, so null
     frames = json_frames(pid=os.getpid(), syscalls=True)
     rows = [r for f in frames for r in f["processes"] if r["pid"] == os.getpid()]
-    assert all(r["map_sync_refusals"] == 0 and r["madvise_calls"] == 0 for r in rows)
+    assert rows and all(r["madvise_calls"] is None for r in rows)
 
 
 def test_madv_cell_falls_back_to_vmflags():
@@ -170,7 +181,7 @@ def test_madv_cell_falls_back_to_vmflags():
 def test_vma_counts_count_hg_and_nh():
     text = open(os.path.join(FIX, "proc-6.18-kinds", "smaps")).read()
     blocks = procfs.parse_smaps(text)
-    vc = sampler.vma_counts(1, blocks, dax_of=lambda pid, m: "none")
+    vc = sampler.dax_sync_counts(1, blocks, dax_of=lambda pid, m: "none")
     assert vc.hugepage == sum("hg" in b.vmflags for b in blocks)
     assert vc.nohugepage == sum("nh" in b.vmflags for b in blocks)
     assert vc.hugepage + vc.nohugepage > 0

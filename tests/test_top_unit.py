@@ -240,7 +240,7 @@ class FakeVmaCache:
         return None
 
     def get(self, pid, starttime, dirty=False):
-        return sampler.VmaCounts(1, 2)
+        return sampler.DaxSyncCounts(1, 2)
 
     def forget(self, pids):
         pass
@@ -300,7 +300,7 @@ def test_comm_and_dax_filters():
 
     class NoDax(FakeVmaCache):
         def peek(self, pid, starttime, dirty=False):
-            return sampler.VmaCounts(0, 0)
+            return sampler.DaxSyncCounts(0, 0)
     m = interval.Model(dax_only=True, proc_sampler=FakeProcSampler([make_sample([a, b], {1: tracked(1), 2: tracked(2)})]),
                   vma_cache=NoDax())
     assert m.step(aggregate.ProbeCounts())["processes"] == []
@@ -345,6 +345,29 @@ def test_p_mode_exit_raises_process_exited_with_its_last_counts():
     assert final["exited"] and final["pid"] == 5
     assert [(r["pid"], r["huge_faults"], r["exited"]) for r in final["processes"]] == [(5, 3, True)]
     assert [(v["start"], v["huge_faults"]) for v in final["vmas"]] == [(thp.start, 3)]
+    assert (final["vmas"][0]["backing"], final["vmas"][0]["path"]) == ("anon", "")
+
+
+def test_p_mode_vma_rows_have_reports_backing_and_a_path(monkeypatch):
+    """`backing` means in top -p what it means in report (a category); the file name is `path`."""
+    monkeypatch.setattr(sampler, "vma_dax", lambda pid, m: "none")
+
+    class Vmas:
+        def sample(self):
+            return sampler.vma_deltas(None, vma_fixture("after"), PMD, PMD)
+    m = interval.Model(pid=5, proc_sampler=FakeProcSampler([make_sample([], {5: tracked(5)})]), vma_sampler=Vmas(),
+                       vma_cache=FakeVmaCache())
+    rows = {v["start"]: v for v in m.step(aggregate.ProbeCounts())["vmas"]}
+    got = {(v["backing"], v["path"]) for v in rows.values()}
+    assert {("file", "/tmp/top_thp"), ("heap", "[heap]"), ("anon", ""), ("stack", "[stack]"), ("special", "[vdso]"),
+            ("file", "/usr/lib/x86_64-linux-gnu/libc.so.6")} <= got
+    assert rows[0x7fe85de00000]["backing"] == "anon" and rows[0x7fe85de00000]["huge_bytes"] == 64 * MIB
+    lines = top_render.plain_lines({"time": 0, "interval": 1.0, "mode": "default", "lost_events": 0,
+                                    "system": {"vmstat": {}, "mthp": {}, "dax": {}}}, [], list(rows.values()))
+    head = lines[2].split()
+    assert head[2:4] == ["BACKING", "PATH"]
+    libc = next(line for line in lines if line.startswith("7fe862048000")).split()
+    assert libc[2:4] == ["file", "/usr/lib/x86_64-linux-gnu/libc.so.6"] and libc[4:6] == ["0", "928K"]
 
 
 def test_vma_count_cache_refresh():
@@ -371,7 +394,8 @@ def hostile_frame():
     for i, comm in enumerate(HOSTILE):
         rows.append({"pid": 100 + i, "comm": comm, "faults": 10, "huge_faults": 1, "fallbacks": None,
                      "huge_share": 0.5, "dax_vmas": 0, "vm_sync_vmas": 0})
-    vmas = [{"start": 0x1000, "end": 0x2000, "perms": "rw-p", "backing": "/tmp/[red]evil\x1b]0;t\x07", "huge_bytes": 0,
+    vmas = [{"start": 0x1000, "end": 0x2000, "perms": "rw-p", "backing": "file", "path": "/tmp/[red]evil\x1b]0;t\x07",
+             "huge_bytes": 0,
              "small_bytes": 4096, "faults": 1, "huge_faults": 0, "dax": "none", "vm_sync": False, "madvise": {},
              "map_sync_refusals": 0}]
     frame = {"time": time.time(), "interval": 1.0, "mode": "default", "lost_events": 0,
@@ -416,6 +440,24 @@ def test_run_json_with_no_probes():
         assert frame["interval"] > 0 and frame["lost_events"] == 0
         for r in frame["processes"]:
             assert {"pid", "comm", "faults", "huge_faults", "fallbacks"} <= set(r)
+            assert r["fallbacks"] is None                   # no DAX probe: not known, not 0
+
+
+def test_run_fallbacks_known_from_what_the_probes_attached():
+    """run() asks the probes object what is attached; it never type-checks a test double."""
+    class DaxAttached(interval.NoProbes):
+        features = ("dax", "syscalls", "mincore")
+
+    class DaxMissing(DaxAttached):
+        missing = {"fs_dax:dax_pmd_fault_done": "DAX PMD faults"}
+    for probes, want in ((DaxAttached(), {0}), (DaxMissing(), {None})):
+        out = io.StringIO()
+        assert top.run(interval=0.1, count=1, pid=os.getpid(), as_json=True, probes_factory=lambda f, p: probes,
+                       out=out) == 0
+        frames = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert len(frames) == 2 and frames[0]["initial"]          # the state at start, then one interval
+        for rows in (f["processes"] for f in frames):
+            assert [r["pid"] for r in rows] == [os.getpid()] and {r["fallbacks"] for r in rows} == want
 
 
 def test_run_p_of_a_missing_pid():
@@ -460,3 +502,29 @@ def test_mincore_panel_lines():
             {"pid": 8, "comm": "idle"}]
     assert top_render.mincore_lines(rows) == [
         "mincore 7 db\\x1b[2J: 4 calls, 32M queried, 25% resident, 2.0 us/call"]
+
+
+def test_p_vma_faults_are_fault_counts_in_both_modes():
+    """One key, one meaning: under -p a VMA's `faults` is what the pid-filtered page-fault
+    probe counted, in default and --exact mode alike; pages that became resident (smaps) are
+    `resident_pages_gained`. Without that probe, `faults` is null, not another quantity."""
+    d = sampler.VmaDelta(0x10000, 0x20000, "rw-p", "", 0, 16 * 4096, 16, 0, False, frozenset())
+
+    class Vmas:
+        def sample(self):
+            return [d]
+    for exact in (False, True):
+        counts = aggregate.ProbeCounts()
+        counts.page_faults[(5, 0x11000)] = 200000
+        counts.page_faults[(5, 0x1f000)] = 1
+        counts.page_faults[(6, 0x11000)] = 9          # another process: not this VMA's
+        m = interval.Model(pid=5, exact=exact, proc_sampler=FakeProcSampler([make_sample([], {5: tracked(5)})]),
+                           vma_sampler=Vmas(), vma_cache=FakeVmaCache())
+        vma = m.step(counts)["vmas"][0]
+        assert (vma["faults"], vma["resident_pages_gained"]) == (200001, 16)
+    assert interval.features_for(False, 5)[0] == "faults" and "faults" in interval.features_for(True, 5)
+    assert "faults" not in interval.features_for(False, None) + interval.features_for(True, None)
+    m = interval.Model(pid=5, proc_sampler=FakeProcSampler([make_sample([], {5: tracked(5)})]), vma_sampler=Vmas(),
+                       vma_cache=FakeVmaCache())
+    m.page_faults_counted = False                     # page_fault_user missing on this kernel
+    assert m.step(aggregate.ProbeCounts())["vmas"][0]["faults"] is None

@@ -276,7 +276,8 @@ def check_dax(bus: str = DAX_BUS, dev: str = "/dev", mountinfo: str = MOUNTINFO,
               tracefs: Optional[str] = None) -> List[Check]:
     devices = device_dax(bus, dev)
     if devices:
-        shown = ", ".join(f"{n} ({human_bytes(s, exact=True) if s else '?'}, {'/dev/' + n if node else 'no /dev node: kmem/system-ram'})"
+        shown = ", ".join(f"{n} ({human_bytes(s, exact=True) if s else '?'}, "
+                           f"{'/dev/' + n if node else 'no /dev node: kmem/system-ram'})"
                           for n, s, node in devices)
         checks = [Check("device-dax", OK, shown)]
     else:

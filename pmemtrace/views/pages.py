@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .. import pagemap, procfs
+from .. import pagemap, procfs, vmas
 from ..errors import BadRange, NoSuchProcess, ProcessExited
 from ..pagemap import PageRun, VmaFacts
 from .text import human_bytes, printable
@@ -29,7 +29,9 @@ def parse_number(text: str, allow_suffix: bool = False) -> int:
         raise BadRange(f"not an address or size: {text!r}")
     if m.group(3) and not m.group(2):
         raise BadRange(f"not an address or size: {text!r}")
-    return int(m.group(1), 0) * _UNITS[m.group(2).upper()]
+    digits = m.group(1)
+    number = int(digits, 16) if digits[:2] in ("0x", "0X") else int(digits, 10)   # int("010", 0) raises
+    return number * _UNITS[m.group(2).upper()]
 
 
 def parse_range(spec: str, page_size: int = pagemap.PAGE_SIZE) -> Tuple[int, int]:
@@ -94,12 +96,6 @@ def walked(block: procfs.Smaps) -> bool:
     """PAGEMAP_SCAN skips VM_PFNMAP VMAs ([vvar], device mappings): their page tables hold raw
     PFNs with no struct page behind. pages says so instead of showing them absent."""
     return "pf" not in block.vmflags
-
-
-def vma_dax(pid: int, m: procfs.MapEntry) -> bool:
-    """Is this mapping DAX (fsdax by statx, or a device-dax character device)? Shared with report."""
-    from ..vmas import file_facts
-    return file_facts(pid, m).dax != "none"
 
 
 # ---------------------------------------------------------------- map strip
@@ -330,7 +326,8 @@ def collect(pid: int, range_spec: Optional[str] = None, vma_addr: Optional[str] 
     try:
         with pagemap.PageMap(pid) as pmap:               # one descriptor for every VMA
             for t in targets:
-                facts = pagemap.facts_from_smaps(t.block, dax=vma_dax(pid, t.block.map))
+                dax = vmas.file_facts(pid, t.block.map).dax != "none"     # statx, or a device-dax device
+                facts = pagemap.facts_from_smaps(t.block, dax=dax)
                 runs = reader(pid, t.lo, t.hi, facts, pmap=pmap) if walked(t.block) else []
                 sections.append(Section(t.block, t.lo, t.hi, facts, runs))
             pmap.check_alive()

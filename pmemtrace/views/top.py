@@ -22,7 +22,7 @@ from typing import List, Optional
 
 from .. import kernel, procfs
 from ..errors import ProcessExited
-from ..interval import SORT_KEYS, Model, NoProbes, features_for
+from ..interval import SORT_KEYS, Model, features_for
 from .top_render import json_line, plain_lines, render
 
 ASCENDING = {"pid", "comm"}          # natural order for these; counts sort largest first
@@ -187,12 +187,12 @@ def run(interval=1.0, count=None, noclear=False, maxrows=20, sort_key="huge_faul
     probes = None
     try:
         probes = probes_factory(features, pid)
-        missing = getattr(probes, "missing", {}) or {}
+        # DAX PMD fallbacks are counted when that probe is attached (loader.Probes and NoProbes say)
+        fallbacks_known = "dax" in probes.features and "fs_dax:dax_pmd_fault_done" not in probes.missing
         model = Model(exact=exact, pid=pid, comm=comm, dax_only=dax_only, huge_small=huge_small,
-                      fallbacks_known=("fs_dax:dax_pmd_fault_done" not in missing and "dax" in features
-                                       and not isinstance(probes, NoProbes)),
-                      syscalls_known=watched(features, missing, ("syscalls", "ksyscalls")),
-                      mincore_known=watched(features, missing, ("mincore", "kmincore")))
+                      fallbacks_known=fallbacks_known,
+                      syscalls_known=watched(probes.features, probes.missing, ("syscalls", "ksyscalls")),
+                      mincore_known=watched(probes.features, probes.missing, ("mincore", "kmincore")))
         model.procs.tick = lambda: probes.poll(0)
         model.start()
         probes.snapshot()          # start the first interval with empty maps

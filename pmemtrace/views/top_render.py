@@ -28,8 +28,8 @@ def json_line(frame: dict) -> str:
 
 PROC_COLUMNS = (("PID", 7), ("COMM", 16), ("FAULTS", 9), ("HUGE", 7), ("FALLBK", 7), ("HUGE%", 6),
                 ("DAX", 4), ("SYNC", 4))
-VMA_COLUMNS = (("START", 12), ("END", 12), ("BACKING", 40), ("HUGE", 8), ("SMALL", 8), ("FAULTS", 8),
-               ("HUGEF", 6), ("DAX", 6), ("SYNC", 4), ("MADV", 5), ("SYNCREF", 7))
+VMA_COLUMNS = (("START", 12), ("END", 12), ("BACKING", 10), ("PATH", 40), ("HUGE", 8), ("SMALL", 8),
+               ("FAULTS", 8), ("HUGEF", 6), ("DAX", 6), ("SYNC", 4), ("MADV", 5), ("SYNCREF", 7))
 
 
 def _proc_cells(r: dict, seconds: float = 0.0) -> List[str]:
@@ -41,10 +41,11 @@ def _proc_cells(r: dict, seconds: float = 0.0) -> List[str]:
 def _vma_cells(v: dict, seconds: float = 0.0) -> List[str]:
     start = "-" if v["start"] is None else f"{v['start']:x}"
     end = "-" if v["end"] is None else f"{v['end']:x}"
-    back = printable(v["backing"])
-    if len(back) > 40:
-        back = "..." + back[-37:]
-    return [start, end, back, human_bytes(v["huge_bytes"], unknown="-"), human_bytes(v["small_bytes"], unknown="-"),
+    path = printable(v["path"] or "")
+    if len(path) > 40:
+        path = "..." + path[-37:]
+    return [start, end, v["backing"], path,
+            human_bytes(v["huge_bytes"], unknown="-"), human_bytes(v["small_bytes"], unknown="-"),
             fmt_count(v["faults"], seconds), fmt_count(v["huge_faults"], seconds), v["dax"],
             "yes" if v["vm_sync"] else "no", _madv_cell(v), fmt_count(v["map_sync_refusals"])]
 
@@ -82,7 +83,8 @@ def mincore_lines(rows: List[dict]) -> List[str]:
         if not mc:
             continue
         resident = f"{100 * mc['pages_resident'] / mc['pages_examined']:.0f}%" if mc["pages_examined"] else "-"
-        out.append(f"mincore {r['pid']} {printable(r['comm'])}: {mc['calls']} calls, {human_bytes(mc['bytes'])} queried, "
+        out.append(f"mincore {r['pid']} {printable(r['comm'])}: {mc['calls']} calls, "
+                   f"{human_bytes(mc['bytes'])} queried, "
                    f"{resident} resident, {mc['ns'] / mc['calls'] / 1000:.1f} us/call"
                    + (f", {mc['errors']} errors" if mc["errors"] else ""))
     return out
@@ -94,7 +96,8 @@ def plain_lines(frame: dict, rows: List[dict], vmas: Optional[List[dict]] = None
     lines = [f"{stamp} interval {frame['interval']:.2f}s  {_system_summary(frame)}"]
 
     def line(cells, cols):
-        return " ".join(c.rjust(w) if i != 1 and not (cols is VMA_COLUMNS and i == 2) else c.ljust(w)
+        left = (1,) if cols is PROC_COLUMNS else (2, 3)     # COMM; BACKING, PATH
+        return " ".join(c.ljust(w) if i in left else c.rjust(w)
                         for i, (c, (_, w)) in enumerate(zip(cells, cols))).rstrip()
     lines.append(line([c for c, _ in PROC_COLUMNS], PROC_COLUMNS))
     lines += [line(_proc_cells(r), PROC_COLUMNS) for r in rows]
@@ -137,11 +140,13 @@ def render(frame: dict, rows: List[dict], vmas: Optional[List[dict]], state: "Vi
                           style="reverse" if i == min(state.cursor, len(rows) - 1) else None)
         return Group(head, table, *(Text(line) for line in mincore_lines(rows)))
     table = Table(box=None, pad_edge=False, header_style="bold")
-    # on a narrow terminal BACKING gives up its width first; numbers are never cut
-    for name in ("START", "END", "BACKING", "HUGE", "SMALL", "FAULTS/s", "HUGE/s", "DAX", "SYNC", "MADV",
-                 "SYNCREF"):
-        if name == "BACKING":
+    # PATH is cut to 40 characters (the end of a path is kept in plain output, an ellipsis here)
+    for name in ("START", "END", "BACKING", "PATH", "HUGE", "SMALL", "FAULTS/s", "HUGE/s", "DAX", "SYNC",
+                 "MADV", "SYNCREF"):
+        if name == "PATH":
             table.add_column(name, justify="left", no_wrap=True, overflow="ellipsis", max_width=40, min_width=8)
+        elif name == "BACKING":
+            table.add_column(name, justify="left", no_wrap=True, min_width=len("device-dax"))
         else:
             table.add_column(name, justify="right", no_wrap=True,
                              min_width=12 if name in ("START", "END") else len(name))

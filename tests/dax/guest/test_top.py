@@ -52,8 +52,12 @@ def top_observed(setup_facts, dax_causes):
                 frame()                            # the first frame: the probes are attached
                 w.go()                             # returns once the workload printed TOUCHED
                 touched = time.time()
-                while frame()["time"] <= touched:  # a frame taken after TOUCHED covers every fault
+                # a frame's time is when /proc was sampled, just after the probe maps were read
+                # (the epoch flipped): the first frame sampled after TOUCHED may have flipped
+                # before it; the frame after that one surely covers every fault
+                while frame()["time"] <= touched:
                     pass
+                frame()
             finally:
                 top.send_signal(signal.SIGTERM)
                 top.wait(timeout=60)

@@ -236,13 +236,13 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=2.0, help="length of each phase")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--idle", type=int, default=1000, help="idle processes for the CPU-share phase")
-    ap.add_argument("--idle-seconds", type=float, default=20.0)
+    ap.add_argument("--idle-seconds", type=float, default=20.0, help="0: no idle phase")
     ap.add_argument("--idle-window", type=float, default=5.0)
     ap.add_argument("--workloads", default="4k,thp,syscall")
     ap.add_argument("--configs", default=None,
                     help="default: top,syscalls,exact,top-p and bpftrace when installed")
     ap.add_argument("--tracer-cpu", type=int, default=0)
-    ap.add_argument("--workload-cpu", type=int, default=(os.cpu_count() or 1) - 1)
+    ap.add_argument("--workload-cpu", "--pin", type=int, default=(os.cpu_count() or 1) - 1)
     ap.add_argument("--nice", type=int, default=-10,
                     help="niceness of the bench, its workloads and tracers (all alike), so unrelated "
                          "load on the machine disturbs the phases less (0: leave as is)")
@@ -265,7 +265,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         toucher = build(tmp)
         ratios, lost, starts, base = throughput(toucher, workloads, configs, args, log)
-    idle_kinds = [c for c in ("top", "exact") if c in configs]
+    idle_kinds = [c for c in ("top", "exact") if c in configs and args.idle_seconds > 0]
     shares = {k: idle_cpu_share(k, args.idle, args.idle_seconds, args.idle_window, args.tracer_cpu, log)
               for k in idle_kinds}
 

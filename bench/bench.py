@@ -234,7 +234,7 @@ def machine():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=2.0, help="length of each phase")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--idle", type=int, default=1000, help="idle processes for the CPU-share phase")
     ap.add_argument("--idle-seconds", type=float, default=20.0, help="0: no idle phase")
     ap.add_argument("--idle-window", type=float, default=5.0)

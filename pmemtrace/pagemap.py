@@ -653,11 +653,38 @@ def fallback_range(pid: int, start: int, end: int, facts: VmaFacts,
     space (so a terabyte VMA does not need gigabytes of buffer), kpageflags for its PFNs."""
     runs: List[PageRun] = []
     with _pagemap(pid, pmap) as pm:
-        for lo in range(start, end, chunk):
-            hi = min(end, lo + chunk)
+        for lo, hi in _chunks(start, end, chunk):
+            if facts.kind == "dax":
+                runs += _dax_fallback_chunk(pm, lo, hi, facts)
+                continue
             entries, kflags = fallback_regions(pid, lo, hi, pm)
             runs += fallback_classify(lo, entries, kflags, facts, soft_dirty_tracked())
     return merge_runs(runs)
+
+
+def _dax_fallback_chunk(pm: PageMap, lo: int, hi: int, facts: VmaFacts) -> List[PageRun]:
+    """Runs of [lo, hi) in a DAX VMA: the words of the enclosing PMD-aligned range are read, so
+    a PMD block cut by the range's edges is judged whole (pages outside any VMA read absent)."""
+    pmd = pmd_size()
+    elo, ehi = lo // pmd * pmd, -(-hi // pmd) * pmd
+    words = pm.words(elo, ehi)
+    a, b = (lo - elo) // PAGE_SIZE, (hi - elo) // PAGE_SIZE
+    if len(words) < b:                     # cut short: judge only what was read
+        elo, words, a, b = lo, pm.words(lo, hi), 0, (hi - lo) // PAGE_SIZE
+    entries = words[a:b]
+    pfns = sorted({e & PM_PFN_MASK for e in entries if e & PM_PRESENT and e & PM_PFN_MASK})
+    pte_only = dax_pte_only(elo, words)[0][a:b]
+    return dax_fallback_classify(lo, entries, _read_kpageflags(pfns), facts, soft_dirty_tracked(), pte_only)
+
+
+def _chunks(start: int, end: int, chunk: int) -> Iterator[Tuple[int, int]]:
+    """[start, end) cut at multiples of ``chunk`` (a multiple of the PMD size), so no PMD block
+    is split between two reads."""
+    lo = start
+    while lo < end:
+        hi = min(end, (lo // chunk + 1) * chunk)
+        yield lo, hi
+        lo = hi
 
 
 def scan_fallback(pid: int, start: int, end: int, facts: Optional[VmaFacts] = None,
@@ -675,3 +702,130 @@ def scan_fallback(pid: int, start: int, end: int, facts: Optional[VmaFacts] = No
             lo, hi = max(start, b.map.start), min(end, b.map.end)
             runs += fallback_range(pid, lo, hi, facts_from_smaps(b), pmap=pm)
         return runs
+
+
+# ---------------------------------------------------------------- DAX residency (any kernel)
+#
+# smaps does not count DAX pages before ~6.15 (its walker skips devmap/special entries), so the
+# RSS of a DAX VMA is read from the page tables: PAGEMAP_SCAN where the kernel has it, else the
+# present bits of /proc/PID/pagemap. Without PAGEMAP_SCAN the mapping size of a present DAX page
+# cannot be read (pagemap has no size bit; /proc/kpageflags has no flags for ZONE_DEVICE PFNs:
+# KPF_NOPAGE), but some pages provably are PTE-mapped: a PMD leaf maps a whole PMD-aligned block
+# of the address space, inside one VMA, all present, onto PMD-aligned contiguous PFNs. A page
+# outside every such candidate block is small for sure. Only when no candidate block is left
+# are huge (0) and small known; otherwise both are unknown (None), never guessed.
+
+SOURCE_PAGEMAP_PRESENT = "pagemap"
+
+
+@dataclass(frozen=True)
+class DaxResidency:
+    rss: Optional[int]           # present bytes (the shared zero page left out); None: unknown
+    huge: Optional[int]          # present bytes mapped by a PMD leaf; None: unknown
+    small: Optional[int]         # present bytes mapped by PTEs; None: unknown
+    source: str                  # PAGEMAP_SCAN | pagemap
+    candidate_blocks: int = 0    # pagemap: PMD blocks that may be PMD- or PTE-mapped (unknowable)
+
+
+def dax_pte_only(start: int, entries: Sequence[int], pmd: Optional[int] = None,
+                 page_size: int = PAGE_SIZE, pfns_known: Optional[bool] = None) -> Tuple[List[bool], int]:
+    """(per page: provably PTE-mapped if present, number of candidate PMD blocks) for the pagemap
+    words of [start, start + len(entries) * page_size), taken as one whole VMA.
+
+    A PMD-aligned block is a candidate (may be one PMD leaf) only if it lies wholly inside the
+    range, every page is present, and, where PFNs are visible (root), they are contiguous from a
+    PMD-aligned PFN. ``pfns_known``: None = decide from the words (all present PFNs zero means
+    the reader lacked CAP_SYS_ADMIN, and the PFN test is skipped)."""
+    pmd = pmd or pmd_size()
+    per = pmd // page_size
+    n = len(entries)
+    if pfns_known is None:
+        pfns_known = any(e & PM_PRESENT and e & PM_PFN_MASK for e in entries)
+    pte_only = [True] * n
+    candidates = 0
+    first = -(-start // pmd) * pmd               # first PMD-aligned address at or after start
+    i0 = (first - start) // page_size
+    for i in range(i0, n - per + 1, per):
+        block = entries[i:i + per]
+        if not all(e & PM_PRESENT for e in block):
+            continue
+        if pfns_known:
+            base = block[0] & PM_PFN_MASK
+            if base % per or any((e & PM_PFN_MASK) != base + k for k, e in enumerate(block)):
+                continue
+        candidates += 1
+        pte_only[i:i + per] = [False] * per
+    return pte_only, candidates
+
+
+def dax_residency_from_words(start: int, entries: Sequence[int], zero_pfns: frozenset = frozenset(),
+                             pmd: Optional[int] = None, page_size: int = PAGE_SIZE) -> DaxResidency:
+    """DaxResidency of one whole DAX VMA from its pagemap words (pure; see dax_pte_only)."""
+    present = [bool(e & PM_PRESENT) and (e & PM_PFN_MASK) not in zero_pfns for e in entries]
+    rss = sum(present) * page_size
+    candidates = dax_pte_only(start, entries, pmd, page_size)[1]
+    if candidates:
+        return DaxResidency(rss, None, None, SOURCE_PAGEMAP_PRESENT, candidates)
+    return DaxResidency(rss, 0, rss, SOURCE_PAGEMAP_PRESENT, 0)
+
+
+def _zero_pfns(pfns: Sequence[int]) -> frozenset:
+    """The PFNs among ``pfns`` (sorted) that are the shared zero page or the huge zero page.
+    DAX memory has no flags in kpageflags (KPF_NOPAGE): only RAM PFNs can be zero pages."""
+    try:
+        flags = _read_kpageflags(pfns)
+    except KernelFeatureMissing:
+        return frozenset()
+    return frozenset(p for p, f in flags.items() if f & KPF_ZERO_PAGE)
+
+
+def dax_residency_many(pid: int, ranges: Sequence[Tuple[int, int]],
+                       use_scan: Optional[bool] = None) -> List[DaxResidency]:
+    """DaxResidency of each (start, end) in ``ranges`` (whole DAX VMAs of pid), one pagemap fd."""
+    if use_scan is None:
+        use_scan = scan_supported()
+    if use_scan:
+        return [DaxResidency(h + s, h, s, SOURCE_SCAN) for h, s in huge_small_many(pid, ranges)]
+    out = []
+    with _pagemap(pid, None) as pm:
+        for start, end in ranges:
+            words = pm.words(start, end)
+            if len(words) < (end - start) // PAGE_SIZE:
+                out.append(DaxResidency(None, None, None, SOURCE_PAGEMAP_PRESENT))
+                continue
+            pfns = sorted({w & PM_PFN_MASK for w in words if w & PM_PFN_MASK and w & PM_PRESENT})
+            out.append(dax_residency_from_words(start, words, _zero_pfns(pfns)))
+    return out
+
+
+def dax_huge_small(pid: int, start: int, end: int) -> Tuple[Optional[int], Optional[int]]:
+    """(huge, small) bytes of one whole DAX VMA on any kernel (None: unknown here); for top -p."""
+    r = dax_residency_many(pid, [(start, end)])[0]
+    return r.huge, r.small
+
+
+def dax_fallback_classify(start: int, entries: Sequence[int], kflags: dict, facts: VmaFacts,
+                          soft_dirty_known: bool = True, pte_only: Optional[Sequence[bool]] = None) -> List[PageRun]:
+    """fallback_classify for a DAX range: present pages that provably cannot be PMD-mapped
+    (``pte_only``, by default dax_pte_only of the range taken as a whole VMA) are small (4 KiB);
+    the others stay unknown."""
+    if pte_only is None:
+        pte_only = dax_pte_only(start, entries)[0]
+    out: List[PageRun] = []
+    for run in fallback_classify(start, entries, kflags, facts, soft_dirty_known):
+        if not (run.present and run.huge is None):
+            out.append(run)
+            continue
+        i = (run.start - start) // PAGE_SIZE
+        j = (run.end - start) // PAGE_SIZE
+        k = i
+        while k < j:                      # split the run where provability changes
+            m = k
+            while m < j and pte_only[m] == pte_only[k]:
+                m += 1
+            part = replace(run, start=start + k * PAGE_SIZE, end=start + m * PAGE_SIZE)
+            if pte_only[k]:
+                part = replace(part, huge=False, page_size=PAGE_SIZE)
+            out.append(part)
+            k = m
+    return merge_runs(out)

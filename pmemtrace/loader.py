@@ -111,7 +111,8 @@ def resolve_enums() -> Dict[str, int]:
     """Enum values this kernel build uses: never hard-coded, they differ between builds."""
     wanted = {"THP_FAULT_ALLOC_ITEM": "THP_FAULT_ALLOC", "THP_FILE_ALLOC_ITEM": "THP_FILE_ALLOC",
               "VM_FAULT_NOPAGE_BIT": "VM_FAULT_NOPAGE", "VM_FAULT_FALLBACK_BIT": "VM_FAULT_FALLBACK",
-              "VM_FAULT_NEEDDSYNC_BIT": "VM_FAULT_NEEDDSYNC"}
+              "VM_FAULT_NEEDDSYNC_BIT": "VM_FAULT_NEEDDSYNC",
+              "BPF_MAP_TYPE_TASK_STORAGE_VALUE": "BPF_MAP_TYPE_TASK_STORAGE"}
     out = {}
     for macro, name in wanted.items():
         try:
@@ -201,6 +202,8 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
         defines += [f"#define {k} {v}" for k, v in devdax_size_args().items()]
     if thp_attribution:
         defines.append("#define THP_ATTRIBUTION 1")
+    if thp_attribution or devdax:
+        defines += stash_defines(enums, missing)
     structs = []
     for att in usable:
         if not att.raw:
@@ -228,6 +231,20 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
     if devdax:
         usable.append(Attachment("kprobe", DEVDAX_SYMBOL, False))
     return "\n".join(parts) + "\n", usable, missing
+
+
+STASH_ENTRIES = 16384     # threads whose last fault address is kept (LRU) without task storage
+
+
+def stash_defines(enums: Dict[str, int], missing: Dict[str, str]) -> List[str]:
+    """How the fault address travels from page_fault_user to its consumers: BPF task storage
+    (5.11+, with bpf_get_current_task_btf), else an LRU hash keyed by thread id, noted."""
+    if enums.get("BPF_MAP_TYPE_TASK_STORAGE_VALUE", 0) >= 0:
+        return ["#define HAVE_TASK_STORAGE 1"]
+    missing["bpf:task_storage"] = (f"no BPF task storage (Linux 5.11+): fault addresses are kept in an LRU hash "
+                                   f"of {STASH_ENTRIES} threads instead; with more threads faulting at once the "
+                                   f"oldest lose their address (THP faults then count as unattributed)")
+    return [f"#define STASH_ENTRIES {STASH_ENTRIES}"]
 
 
 def import_bcc():

@@ -30,7 +30,11 @@ int on_devdax_fault_ret(struct pt_regs *ctx)
 	u32 arg = *size;
 	devdax_inflight.delete(&tid);
 	u32 result = (u32)PT_REGS_RC(ctx);
+#ifdef HAVE_TASK_STORAGE
 	struct fault_stash *s = stash.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0, 0);
+#else
+	struct fault_stash *s = stash.lookup(&tid);
+#endif
 	u64 page = s ? s->address & ~0xfffULL : 0;
 	if (arg == DEVDAX_PMD_ARG) {
 		if (result & VM_FAULT_FALLBACK_BIT)

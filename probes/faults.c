@@ -7,6 +7,9 @@
  * per-CPU stash lost 1-4 of 32 THP faults here, because zeroing a 2 MiB folio
  * may sleep and resume on another CPU. The task pointer is only handed to the
  * storage helper, never dereferenced.
+ * Before 5.11 (no BPF task storage, no bpf_get_current_task_btf; the loader then
+ * leaves HAVE_TASK_STORAGE undefined) the stash is an LRU hash keyed by thread id:
+ * bounded (STASH_ENTRIES), the least recently faulting threads evicted first.
  *
  * FEATURE_FAULTS  (needs PID_FILTER): every fault counted per 4 KiB page
  *                 (page_fault_user alone: works where the memcg tracepoint is absent).
@@ -16,7 +19,11 @@
 struct fault_stash {
 	u64 address;
 };
+#ifdef HAVE_TASK_STORAGE
 BPF_TASK_STORAGE(stash, struct fault_stash);
+#else
+BPF_TABLE("lru_hash", u32, struct fault_stash, stash, STASH_ENTRIES);
+#endif
 
 struct addr_key {
 	u32 tgid;
@@ -39,10 +46,16 @@ RAW_TRACEPOINT_PROBE(page_fault_user)
 	if (!pid_wanted(id >> 32))
 		return 0;
 #if defined(THP_ATTRIBUTION) || defined(FEATURE_DEVDAX)
+#ifdef HAVE_TASK_STORAGE
 	struct fault_stash *s = stash.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0,
 						       BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (s)
 		s->address = ctx->args[0];
+#else
+	u32 stash_tid = id;
+	struct fault_stash st = { .address = ctx->args[0] };
+	stash.update(&stash_tid, &st);
+#endif
 #endif
 #ifdef FEATURE_FAULTS
 	struct addr_key k = { .tgid = id >> 32, .addr = ctx->args[0] & ~0xfffULL };
@@ -62,7 +75,12 @@ RAW_TRACEPOINT_PROBE(count_memcg_events)
 	if (!pid_wanted(tgid))
 		return 0;
 	u64 n = ctx->args[2];
+#ifdef HAVE_TASK_STORAGE
 	struct fault_stash *s = stash.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0, 0);
+#else
+	u32 stash_tid = id;
+	struct fault_stash *s = stash.lookup(&stash_tid);
+#endif
 	if (!s) {
 		{ u64 zero64 = 0; add_or_lose(thp_unattributed.lookup_or_try_init(&tgid, &zero64), n); }
 		return 0;

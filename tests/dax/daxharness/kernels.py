@@ -61,7 +61,7 @@ def cache_dir():
 
 def selected_kernels():
     """Kernel names chosen by PMEMTRACE_DAX_KERNELS (comma list; 'all'); default:
-    all three, or 6.1 + newest under CI=true (the tier's CI budget)."""
+    all four, or 6.1 + newest under CI=true (the tier's CI budget)."""
     env = os.environ.get("PMEMTRACE_DAX_KERNELS", "").strip()
     if env:
         if env == "all":

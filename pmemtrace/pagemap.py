@@ -673,8 +673,8 @@ def _dax_fallback_chunk(pm: PageMap, lo: int, hi: int, facts: VmaFacts) -> List[
         elo, words, a, b = lo, pm.words(lo, hi), 0, (hi - lo) // PAGE_SIZE
     entries = words[a:b]
     pfns = sorted({e & PM_PFN_MASK for e in entries if e & PM_PRESENT and e & PM_PFN_MASK})
-    pte_only = dax_pte_only(elo, words)[0][a:b]
-    return dax_fallback_classify(lo, entries, _read_kpageflags(pfns), facts, soft_dirty_tracked(), pte_only)
+    classes = dax_size_classes(elo, words, dax_pmd_sets_file(words))[0][a:b]
+    return dax_fallback_classify(lo, entries, _read_kpageflags(pfns), facts, soft_dirty_tracked(), classes)
 
 
 def _chunks(start: int, end: int, chunk: int) -> Iterator[Tuple[int, int]]:
@@ -708,14 +708,20 @@ def scan_fallback(pid: int, start: int, end: int, facts: Optional[VmaFacts] = No
 #
 # smaps does not count DAX pages before ~6.15 (its walker skips devmap/special entries), so the
 # RSS of a DAX VMA is read from the page tables: PAGEMAP_SCAN where the kernel has it, else the
-# present bits of /proc/PID/pagemap. Without PAGEMAP_SCAN the mapping size of a present DAX page
-# cannot be read (pagemap has no size bit; /proc/kpageflags has no flags for ZONE_DEVICE PFNs:
-# KPF_NOPAGE), but some pages provably are PTE-mapped: a PMD leaf maps a whole PMD-aligned block
-# of the address space, inside one VMA, all present, onto PMD-aligned contiguous PFNs. A page
-# outside every such candidate block is small for sure. Only when no candidate block is left
-# are huge (0) and small known; otherwise both are unknown (None), never guessed.
+# present bits of /proc/PID/pagemap. Without PAGEMAP_SCAN pagemap has no mapping-size bit and
+# /proc/kpageflags has no flags for ZONE_DEVICE PFNs (KPF_NOPAGE), but two facts decide many pages:
+#  1. A PMD leaf maps a whole PMD-aligned block of the address space, inside one VMA, all present,
+#     onto PMD-aligned contiguous PFNs. A page in no such candidate block is PTE-mapped.
+#  2. pagemap's PM_FILE. Its PTE path takes the page from vm_normal_page(), which returns NULL for
+#     a DAX (devmap, special) PTE before 6.15, so a PTE-mapped DAX page never has PM_FILE; its PMD
+#     path takes pmd_page() and sets PM_FILE for any page that is not anonymous (6.1 does; 5.10's
+#     PMD path sets no PM_FILE at all: seen in the guests). So PM_FILE on a DAX block means a PMD
+#     leaf; no PM_FILE means PTEs only where this kernel's PMD path is known to set it, i.e. where
+#     PM_FILE was seen on a DAX page of the same process.
+# What stays undecided is unknown (None), never guessed.
 
 SOURCE_PAGEMAP_PRESENT = "pagemap"
+DAX_PTE, DAX_PMD, DAX_UNKNOWN = 0, 1, 2      # mapping size class of a present DAX page
 
 
 @dataclass(frozen=True)
@@ -724,28 +730,22 @@ class DaxResidency:
     huge: Optional[int]          # present bytes mapped by a PMD leaf; None: unknown
     small: Optional[int]         # present bytes mapped by PTEs; None: unknown
     source: str                  # PAGEMAP_SCAN | pagemap
-    candidate_blocks: int = 0    # pagemap: PMD blocks that may be PMD- or PTE-mapped (unknowable)
+    candidate_blocks: int = 0    # pagemap: PMD blocks whose mapping size could not be decided
 
 
-def dax_pte_only(start: int, entries: Sequence[int], pmd: Optional[int] = None,
-                 page_size: int = PAGE_SIZE, pfns_known: Optional[bool] = None) -> Tuple[List[bool], int]:
-    """(per page: provably PTE-mapped if present, number of candidate PMD blocks) for the pagemap
-    words of [start, start + len(entries) * page_size), taken as one whole VMA.
-
-    A PMD-aligned block is a candidate (may be one PMD leaf) only if it lies wholly inside the
-    range, every page is present, and, where PFNs are visible (root), they are contiguous from a
-    PMD-aligned PFN. ``pfns_known``: None = decide from the words (all present PFNs zero means
-    the reader lacked CAP_SYS_ADMIN, and the PFN test is skipped)."""
+def dax_candidate_blocks(start: int, entries: Sequence[int], pmd: Optional[int] = None,
+                         page_size: int = PAGE_SIZE, pfns_known: Optional[bool] = None) -> List[int]:
+    """Indexes (into ``entries``) of the PMD blocks that may be one PMD leaf (fact 1 above), for the
+    pagemap words of [start, start + len(entries) * page_size), taken as one whole VMA (or a range
+    whose words beyond the VMA read absent). ``pfns_known``: None = decide from the words (all
+    present PFNs zero means the reader lacked CAP_SYS_ADMIN, and the PFN test is skipped)."""
     pmd = pmd or pmd_size()
     per = pmd // page_size
-    n = len(entries)
     if pfns_known is None:
         pfns_known = any(e & PM_PRESENT and e & PM_PFN_MASK for e in entries)
-    pte_only = [True] * n
-    candidates = 0
     first = -(-start // pmd) * pmd               # first PMD-aligned address at or after start
-    i0 = (first - start) // page_size
-    for i in range(i0, n - per + 1, per):
+    out = []
+    for i in range((first - start) // page_size, len(entries) - per + 1, per):
         block = entries[i:i + per]
         if not all(e & PM_PRESENT for e in block):
             continue
@@ -753,20 +753,47 @@ def dax_pte_only(start: int, entries: Sequence[int], pmd: Optional[int] = None,
             base = block[0] & PM_PFN_MASK
             if base % per or any((e & PM_PFN_MASK) != base + k for k, e in enumerate(block)):
                 continue
-        candidates += 1
-        pte_only[i:i + per] = [False] * per
-    return pte_only, candidates
+        out.append(i)
+    return out
+
+
+def dax_size_classes(start: int, entries: Sequence[int], pmd_sets_file: bool, pmd: Optional[int] = None,
+                     page_size: int = PAGE_SIZE) -> Tuple[List[int], int]:
+    """(DAX_PTE / DAX_PMD / DAX_UNKNOWN for each page, number of undecided blocks). Absent pages
+    are DAX_PTE (they count nowhere). ``pmd_sets_file``: PM_FILE was seen on a DAX page here."""
+    per = (pmd or pmd_size()) // page_size
+    classes = [DAX_PTE] * len(entries)
+    undecided = 0
+    for i in dax_candidate_blocks(start, entries, pmd, page_size):
+        files = [bool(e & PM_FILE) for e in entries[i:i + per]]
+        if all(files):
+            cls = DAX_PMD
+        elif not any(files) and pmd_sets_file:
+            cls = DAX_PTE
+        else:
+            cls, undecided = DAX_UNKNOWN, undecided + 1
+        classes[i:i + per] = [cls] * per
+    return classes, undecided
+
+
+def dax_pmd_sets_file(entries: Iterable[int]) -> bool:
+    """Fact 2: a present DAX page with PM_FILE shows this kernel's PMD path sets it."""
+    return any(e & PM_PRESENT and e & PM_FILE for e in entries)
 
 
 def dax_residency_from_words(start: int, entries: Sequence[int], zero_pfns: frozenset = frozenset(),
-                             pmd: Optional[int] = None, page_size: int = PAGE_SIZE) -> DaxResidency:
-    """DaxResidency of one whole DAX VMA from its pagemap words (pure; see dax_pte_only)."""
-    present = [bool(e & PM_PRESENT) and (e & PM_PFN_MASK) not in zero_pfns for e in entries]
-    rss = sum(present) * page_size
-    candidates = dax_pte_only(start, entries, pmd, page_size)[1]
-    if candidates:
-        return DaxResidency(rss, None, None, SOURCE_PAGEMAP_PRESENT, candidates)
-    return DaxResidency(rss, 0, rss, SOURCE_PAGEMAP_PRESENT, 0)
+                             pmd: Optional[int] = None, page_size: int = PAGE_SIZE,
+                             pmd_sets_file: Optional[bool] = None) -> DaxResidency:
+    """DaxResidency of one whole DAX VMA from its pagemap words (pure; see dax_size_classes)."""
+    if pmd_sets_file is None:
+        pmd_sets_file = dax_pmd_sets_file(entries)
+    classes, undecided = dax_size_classes(start, entries, pmd_sets_file, pmd, page_size)
+    resident = [bool(e & PM_PRESENT) and (e & PM_PFN_MASK) not in zero_pfns for e in entries]
+    rss = sum(resident) * page_size
+    if undecided:
+        return DaxResidency(rss, None, None, SOURCE_PAGEMAP_PRESENT, undecided)
+    huge = sum(1 for r, c in zip(resident, classes) if r and c == DAX_PMD) * page_size
+    return DaxResidency(rss, huge, rss - huge, SOURCE_PAGEMAP_PRESENT, 0)
 
 
 def _zero_pfns(pfns: Sequence[int]) -> frozenset:
@@ -786,15 +813,16 @@ def dax_residency_many(pid: int, ranges: Sequence[Tuple[int, int]],
         use_scan = scan_supported()
     if use_scan:
         return [DaxResidency(h + s, h, s, SOURCE_SCAN) for h, s in huge_small_many(pid, ranges)]
-    out = []
     with _pagemap(pid, None) as pm:
-        for start, end in ranges:
-            words = pm.words(start, end)
-            if len(words) < (end - start) // PAGE_SIZE:
-                out.append(DaxResidency(None, None, None, SOURCE_PAGEMAP_PRESENT))
-                continue
-            pfns = sorted({w & PM_PFN_MASK for w in words if w & PM_PFN_MASK and w & PM_PRESENT})
-            out.append(dax_residency_from_words(start, words, _zero_pfns(pfns)))
+        read = [(start, end, pm.words(start, end)) for start, end in ranges]
+    pmd_sets_file = any(dax_pmd_sets_file(w) for _s, _e, w in read)
+    out = []
+    for start, end, words in read:
+        if len(words) < (end - start) // PAGE_SIZE:
+            out.append(DaxResidency(None, None, None, SOURCE_PAGEMAP_PRESENT))
+            continue
+        pfns = sorted({w & PM_PFN_MASK for w in words if w & PM_PFN_MASK and w & PM_PRESENT})
+        out.append(dax_residency_from_words(start, words, _zero_pfns(pfns), pmd_sets_file=pmd_sets_file))
     return out
 
 
@@ -805,12 +833,12 @@ def dax_huge_small(pid: int, start: int, end: int) -> Tuple[Optional[int], Optio
 
 
 def dax_fallback_classify(start: int, entries: Sequence[int], kflags: dict, facts: VmaFacts,
-                          soft_dirty_known: bool = True, pte_only: Optional[Sequence[bool]] = None) -> List[PageRun]:
-    """fallback_classify for a DAX range: present pages that provably cannot be PMD-mapped
-    (``pte_only``, by default dax_pte_only of the range taken as a whole VMA) are small (4 KiB);
-    the others stay unknown."""
-    if pte_only is None:
-        pte_only = dax_pte_only(start, entries)[0]
+                          soft_dirty_known: bool = True, classes: Optional[Sequence[int]] = None) -> List[PageRun]:
+    """fallback_classify for a DAX range: present pages whose mapping size is decided
+    (``classes``, by default dax_size_classes of the range taken as a whole VMA) get it; the
+    others stay unknown."""
+    if classes is None:
+        classes = dax_size_classes(start, entries, dax_pmd_sets_file(entries))[0]
     out: List[PageRun] = []
     for run in fallback_classify(start, entries, kflags, facts, soft_dirty_known):
         if not (run.present and run.huge is None):
@@ -819,13 +847,15 @@ def dax_fallback_classify(start: int, entries: Sequence[int], kflags: dict, fact
         i = (run.start - start) // PAGE_SIZE
         j = (run.end - start) // PAGE_SIZE
         k = i
-        while k < j:                      # split the run where provability changes
+        while k < j:                      # split the run where the size class changes
             m = k
-            while m < j and pte_only[m] == pte_only[k]:
+            while m < j and classes[m] == classes[k]:
                 m += 1
             part = replace(run, start=start + k * PAGE_SIZE, end=start + m * PAGE_SIZE)
-            if pte_only[k]:
+            if classes[k] == DAX_PTE:
                 part = replace(part, huge=False, page_size=PAGE_SIZE)
+            elif classes[k] == DAX_PMD:
+                part = replace(part, huge=True, page_size=pmd_size())
             out.append(part)
             k = m
     return merge_runs(out)

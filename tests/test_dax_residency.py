@@ -7,7 +7,7 @@ import os
 import pytest
 
 from pmemtrace import pagemap as pm
-from pmemtrace.pagemap import PM_PRESENT, PM_SOFT_DIRTY, VmaFacts
+from pmemtrace.pagemap import PM_FILE, PM_PRESENT, PM_SOFT_DIRTY, VmaFacts
 
 PAGE = 4096
 PMD = 2 << 20
@@ -17,11 +17,13 @@ BASE = 0x7F0000000000          # PMD-aligned
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
-def words(n, pfn0=None, present=True):
-    """n pagemap words: present (with contiguous PFNs from pfn0, or none visible) or absent."""
+def words(n, pfn0=None, present=True, file=False):
+    """n pagemap words: present (with contiguous PFNs from pfn0, or none visible) or absent;
+    ``file``: PM_FILE, as 6.1's PMD path reports a DAX page (its PTE path never does)."""
     if not present:
         return [0] * n
-    return [PM_PRESENT | PM_SOFT_DIRTY | ((pfn0 + i) if pfn0 is not None else 0) for i in range(n)]
+    flags = PM_PRESENT | PM_SOFT_DIRTY | (PM_FILE if file else 0)
+    return [flags | ((pfn0 + i) if pfn0 is not None else 0) for i in range(n)]
 
 
 def test_aligned_contiguous_blocks_are_unknowable():
@@ -49,8 +51,7 @@ def test_pfn_misaligned_even_with_aligned_address_is_small():
 
 def test_partly_present_block_is_small_full_block_is_unknown():
     w = words(PER, pfn0=0x100000) + words(PER - 1, pfn0=0x100000 + PER) + [0]
-    only, cand = pm.dax_pte_only(BASE, w, PMD, PAGE)
-    assert cand == 1 and only[:PER] == [False] * PER and all(only[PER:])
+    assert pm.dax_candidate_blocks(BASE, w, PMD, PAGE) == [0]
     r = pm.dax_residency_from_words(BASE, w, pmd=PMD, page_size=PAGE)
     assert (r.rss, r.huge, r.small) == (2 * PMD - PAGE, None, None)
 
@@ -63,7 +64,7 @@ def test_non_contiguous_pfns_are_small():
 
 def test_pfns_hidden_only_address_and_presence_count():
     w = words(2 * PER)                                 # no CAP_SYS_ADMIN: PFNs read as 0
-    assert pm.dax_pte_only(BASE, w, PMD, PAGE)[1] == 2
+    assert pm.dax_candidate_blocks(BASE, w, PMD, PAGE) == [0, PER]
     assert pm.dax_residency_from_words(BASE + PAGE, words(PER), pmd=PMD, page_size=PAGE).huge == 0
     assert pm.dax_residency_from_words(BASE + PAGE, words(2 * PER), pmd=PMD, page_size=PAGE).huge is None
 
@@ -80,6 +81,26 @@ def test_zero_page_is_not_resident():
     assert (r.rss, r.huge, r.small) == (3 * PAGE, 0, 3 * PAGE)
 
 
+def test_pm_file_on_a_candidate_block_is_a_pmd_leaf():
+    """5.10: no PM_FILE anywhere, aligned blocks unknown; 6.1: PM_FILE only from the PMD path."""
+    w = words(2 * PER, pfn0=0x100000, file=True) + words(2 * PER, pfn0=0x100000 + 2 * PER)
+    r = pm.dax_residency_from_words(BASE, w, pmd=PMD, page_size=PAGE)
+    assert (r.rss, r.huge, r.small) == (4 * PMD, 2 * PMD, 2 * PMD)
+    # the same PTE-mapped blocks alone: no PM_FILE seen, so no proof that this kernel would show it
+    r = pm.dax_residency_from_words(BASE, w[2 * PER:], pmd=PMD, page_size=PAGE)
+    assert (r.huge, r.small, r.candidate_blocks) == (None, None, 2)
+    # ... unless PM_FILE was seen on another DAX VMA of the process
+    r = pm.dax_residency_from_words(BASE, w[2 * PER:], pmd=PMD, page_size=PAGE, pmd_sets_file=True)
+    assert (r.huge, r.small) == (0, 2 * PMD)
+
+
+def test_mixed_pm_file_in_one_block_is_unknown():
+    w = words(PER, pfn0=0x100000, file=True)
+    w[3] &= ~PM_FILE
+    r = pm.dax_residency_from_words(BASE, w, pmd=PMD, page_size=PAGE)
+    assert (r.huge, r.small, r.candidate_blocks) == (None, None, 1)
+
+
 def test_dax_fallback_classify_marks_provably_small_runs():
     start = BASE + PAGE
     w = words(2 * PER, pfn0=0x100000)
@@ -87,6 +108,8 @@ def test_dax_fallback_classify_marks_provably_small_runs():
     assert [(r.huge, r.page_size, r.length) for r in runs] == [(False, PAGE, 2 * PMD)]
     runs = pm.dax_fallback_classify(BASE, words(2 * PER, pfn0=0x100000), {}, VmaFacts("dax"))
     assert [(r.huge, r.page_size) for r in runs] == [(None, None)]
+    runs = pm.dax_fallback_classify(BASE, words(2 * PER, pfn0=0x100000, file=True), {}, VmaFacts("dax"))
+    assert [(r.huge, r.page_size, r.length) for r in runs] == [(True, PMD, 2 * PMD)]
 
 
 def test_chunks_never_split_a_pmd_block():

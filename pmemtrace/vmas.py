@@ -232,10 +232,11 @@ def dax_notes(res: List[pagemap.DaxResidency], use_pagemap_scan: bool) -> List[s
     unknown = sum(r.candidate_blocks for r in res if r.huge is None)
     if unknown:
         notes.append(f"this kernel has no PAGEMAP_SCAN (6.7+): the mapping size of DAX VMAs is unavailable "
-                     f"statically ({unknown} fully present, aligned 2 MiB blocks may be PMD- or PTE-mapped: "
-                     f"pagemap has no size bit and kpageflags no flags for DAX memory), HUGE/SMALL show ?; "
-                     f"`--duration N` observes their PMD/PTE faults instead")
-    if any(r.huge == 0 and r.rss for r in res):
-        notes.append("DAX VMAs whose pages cannot be PMD-mapped (address, file offset or extent not 2 MiB "
-                     "aligned, or blocks partly present) are counted SMALL exactly")
+                     f"statically for {unknown} fully present, aligned 2 MiB blocks (PMD- or PTE-mapped: pagemap "
+                     f"has no size bit, kpageflags no flags for DAX memory, and this kernel's pagemap sets no "
+                     f"PM_FILE on DAX PMDs), HUGE/SMALL show ?; `--duration N` observes their PMD/PTE faults instead")
+    if any(r.huge is not None and r.rss for r in res):
+        notes.append("HUGE/SMALL of DAX VMAs without PAGEMAP_SCAN: 4 KiB where no 2 MiB block can be one PMD leaf "
+                     "(address, file offset or extent not 2 MiB aligned, block partly present); 2 MiB where "
+                     "pagemap flags the block PM_FILE, which only its PMD path sets for DAX pages")
     return notes

@@ -374,5 +374,5 @@ def test_dax_notes_say_what_is_known():
     text = " ".join(notes)
     assert "present bits of /proc/PID/pagemap" in notes[0]
     assert "PAGEMAP_SCAN" in text and "unavailable" in text and "--duration" in text and "32 " in text
-    assert "SMALL exactly" in text
+    assert "4 KiB where no 2 MiB block can be one PMD leaf" in text and "PM_FILE" in text
     assert "unknown (?)" in " ".join(vmas.dax_notes([DaxResidency(None, None, None, "pagemap")], False))

@@ -9,7 +9,7 @@ import ctypes.util
 import os
 import stat
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from . import kernel, pagemap, procfs
 from .backing import HUGETLBFS_MAGIC, TMPFS_MAGIC, FileFacts, classify_backing  # noqa: F401  (vmas.* API)

@@ -355,7 +355,7 @@ class Model:
                 try:
                     huge_b, small_b = self.huge_small(self.detail, d.start, d.end)
                 except (PmemtraceError, OSError):
-                    pass
+                    huge_b = small_b = None        # smaps does not count DAX pages: unknown, not 0
             vc = bpf.get(d.start, aggregate.VmaCounts())
             # faults: page faults counted in BPF (pid-filtered page_fault_user), in both modes;
             # null where that tracepoint is missing. What /proc can tell (pages that became
@@ -376,7 +376,7 @@ class Model:
             rows.append(self._vma_row(None, None, "", aggregate.UNMAPPED, None, 0, 0, vc.faults,
                                       vc.huge_faults, "none", False, vc))
         return [r for r in rows if r["huge_bytes"] or r["small_bytes"] or r["faults"] or r["huge_faults"]
-                or r["madvise"] or r["map_sync_refusals"] or r["dax_faults"]]
+                or r["madvise"] or r["map_sync_refusals"] or r["dax_faults"] or r["dax"] != "none"]
 
     @staticmethod
     def _vma_row(start, end, perms, back, path, huge_b, small_b, faults, huge, dax, vm_sync, vc) -> dict:

@@ -112,7 +112,8 @@ SOURCES = {"thp": "faults.c", "faults": "faults.c", "dax": "dax.c", "syscalls": 
 # max_entries of each map (count maps hold two epochs: twice what one interval adds)
 MAP_SIZES = {"THP_MAP_ENTRIES": 65536, "FAULT_MAP_ENTRIES": 262144, "DAX_MAP_ENTRIES": 131072,
              "COMM_MAP_ENTRIES": 16384, "DSYNC_HIST_ENTRIES": 16384, "PTE_RANGE_ENTRIES": 65536,
-             "DSYNC_START_ENTRIES": 65536, "INFLIGHT_ENTRIES": 10240, "MINCORE_VEC_WORDS": 512}
+             "DSYNC_START_ENTRIES": 65536, "INFLIGHT_ENTRIES": 10240, "MINCORE_VEC_WORDS": 512,
+             "STASH_ENTRIES": 16384}
 # the maps snapshot() drains by epoch (name -> its MAP_SIZES entry)
 COUNT_MAPS = {"thp_faults": "THP_MAP_ENTRIES", "thp_unattributed": "COMM_MAP_ENTRIES",
               "thp_comm": "COMM_MAP_ENTRIES", "page_faults": "FAULT_MAP_ENTRIES",
@@ -121,7 +122,8 @@ COUNT_MAPS = {"thp_faults": "THP_MAP_ENTRIES", "thp_unattributed": "COMM_MAP_ENT
 # LRU maps (memories, not counts): occupancy counted every OCCUPANCY_SECONDS (a full walk)
 LRU_MAPS = {"pte_ranges": "PTE_RANGE_ENTRIES", "dsync_start": "DSYNC_START_ENTRIES",
             "mmap_inflight": "INFLIGHT_ENTRIES", "mincore_inflight": "INFLIGHT_ENTRIES",
-            "devdax_inflight": "INFLIGHT_ENTRIES"}
+            "devdax_inflight": "INFLIGHT_ENTRIES",
+            "stash": "STASH_ENTRIES"}     # only before 5.11: task storage (freed with its task) after
 OCCUPANCY_SECONDS = 5.0
 MEMBARRIER_CMD_GLOBAL = 1
 SYS_MEMBARRIER = {"x86_64": 324, "aarch64": 283, "ppc64le": 365, "s390x": 356, "riscv64": 283}
@@ -199,7 +201,8 @@ def resolve_enums() -> Dict[str, int]:
     """Enum values this kernel build uses: never hard-coded, they differ between builds."""
     wanted = {"THP_FAULT_ALLOC_ITEM": "THP_FAULT_ALLOC", "THP_FILE_ALLOC_ITEM": "THP_FILE_ALLOC",
               "VM_FAULT_NOPAGE_MASK": "VM_FAULT_NOPAGE", "VM_FAULT_FALLBACK_MASK": "VM_FAULT_FALLBACK",
-              "VM_FAULT_NEEDDSYNC_MASK": "VM_FAULT_NEEDDSYNC"}     # enum vm_fault_reason holds masks
+              "VM_FAULT_NEEDDSYNC_MASK": "VM_FAULT_NEEDDSYNC",     # enum vm_fault_reason holds masks
+              "BPF_MAP_TYPE_TASK_STORAGE_VALUE": "BPF_MAP_TYPE_TASK_STORAGE"}
     out = {}
     for macro, name in wanted.items():
         try:
@@ -287,6 +290,8 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
         defines += [f"#define {k} {v}" for k, v in devdax_size_args().items()]
     if thp_attribution:
         defines.append("#define THP_ATTRIBUTION 1")
+    if thp_attribution or devdax:
+        defines += stash_defines(enums, missing)
     structs = []
     for att in usable:
         if not att.raw:
@@ -313,6 +318,20 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
     if devdax:
         usable.append(Attachment("kprobe", DEVDAX_SYMBOL, False))
     return "\n".join(parts) + "\n", usable, missing
+
+
+TASK_STORAGE_NOTE = "bpf:task_storage"
+
+
+def stash_defines(enums: Dict[str, int], missing: Dict[str, str]) -> List[str]:
+    """How the fault address travels from page_fault_user to its consumers: BPF task storage
+    (5.11+, with bpf_get_current_task_btf), else an LRU hash keyed by thread id, noted."""
+    if enums.get("BPF_MAP_TYPE_TASK_STORAGE_VALUE", 0) >= 0:
+        return ["#define HAVE_TASK_STORAGE 1"]
+    missing[TASK_STORAGE_NOTE] = (f"no BPF task storage (Linux 5.11+): fault addresses are kept in an LRU hash "
+                                  f"of {MAP_SIZES['STASH_ENTRIES']} threads instead; with more threads faulting at "
+                                  f"once the oldest lose their address (THP faults then count as unattributed)")
+    return []
 
 
 def import_bcc():
@@ -476,6 +495,8 @@ class Probes:
         if now - self._lru_read_at >= OCCUPANCY_SECONDS:
             self._lru_read_at = now
             for name, size in LRU_MAPS.items():
+                if name == "stash" and TASK_STORAGE_NOTE not in self.missing:
+                    continue        # task storage: no keys to walk, bounded by the tasks
                 if self._has_table(name):
                     self._lru_seen[name] = {"entries": len(list(self.bpf[name].keys())),
                                             "max_entries": MAP_SIZES[size]}

@@ -9,7 +9,7 @@ import ctypes.util
 import os
 import stat
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from . import kernel, pagemap, procfs
 from .backing import HUGETLBFS_MAGIC, TMPFS_MAGIC, FileFacts, classify_backing  # noqa: F401  (vmas.* API)
@@ -28,7 +28,7 @@ class Vma:
     perms: str
     backing: str            # anon heap stack file shmem hugetlb device-dax special
     path: str
-    rss_bytes: int
+    rss_bytes: Optional[int]      # DAX: from the page tables, never smaps; None: unknown
     huge_bytes: Optional[int]     # None: unknown with this source (DAX without PAGEMAP_SCAN)
     small_bytes: Optional[int]
     dax: str                # fsdax / devdax / none
@@ -185,24 +185,58 @@ def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None) -> Proce
     walk = [i for i, backing in enumerate(backing_of) if use_pagemap_scan and backing != "special"]
     scanned = dict(zip(walk, pagemap.huge_small_many(pid, [(blocks[i].map.start, blocks[i].map.end)
                                                              for i in walk]) if walk else []))
+    # DAX: RSS from the page tables on every kernel (smaps does not count DAX pages before ~6.15)
+    dax_idx = [i for i, f in enumerate(facts_of) if f.dax != "none"]
+    dax_res = dict(zip(dax_idx, dax_residency(pid, [(blocks[i].map.start, blocks[i].map.end) for i in dax_idx],
+                                              use_pagemap_scan, scanned, dax_idx)))
     for i, block in enumerate(blocks):
         m, facts, backing, page_sizes = block.map, facts_of[i], backing_of[i], scanned.get(i)
         huge: Optional[int]
         small: Optional[int]
         eligible, reason = classify_thp(backing, facts.dax, block.vmflags, block.counters.get("THPeligible"),
                                         policy, prctl_off)
-        if page_sizes is not None:
+        rss: Optional[int] = block.get("Rss")
+        if i in dax_res:
+            rss, huge, small = dax_res[i].rss, dax_res[i].huge, dax_res[i].small
+        elif page_sizes is not None:
             huge, small = page_sizes
-        elif facts.dax != "none":
-            huge = small = None     # smaps cannot see DAX mappings' page sizes
         else:
             huge = smaps_huge_bytes(block)
             small = max(block.get("Rss") - huge, 0)
-        vmas.append(Vma(m.start, m.end, m.perms, backing, m.path, block.get("Rss"), huge, small,
+        vmas.append(Vma(m.start, m.end, m.perms, backing, m.path, rss, huge, small,
                         facts.dax, "sf" in block.vmflags, eligible, reason, tuple(sorted(block.vmflags))))
-    if not use_pagemap_scan and any(v.dax != "none" for v in vmas):
-        notes.append("this kernel has no PAGEMAP_SCAN (6.7+): the mapping size of DAX VMAs is unavailable "
-                     "statically; `--duration N` observes their PMD/PTE faults instead")
+    notes += dax_notes(list(dax_res.values()), use_pagemap_scan)
     if not os.path.exists(f"/proc/{pid}"):
         raise ProcessExited(f"pid {pid} exited while being read")
     return ProcessVmas(pid, comm, source, vmas, notes)
+
+
+def dax_residency(pid: int, ranges: List[Tuple[int, int]], use_pagemap_scan: bool,
+                  scanned: Dict[int, Tuple[int, int]], idx: List[int]) -> List[pagemap.DaxResidency]:
+    """Residency of DAX VMAs: the PAGEMAP_SCAN walk already done (RSS = huge + small), else the
+    present bits of /proc/PID/pagemap (pagemap.dax_residency_many)."""
+    if use_pagemap_scan:
+        return [pagemap.DaxResidency(h + s, h, s, pagemap.SOURCE_SCAN)
+                for h, s in (scanned.get(i, (0, 0)) for i in idx)]
+    return pagemap.dax_residency_many(pid, ranges, use_scan=False) if ranges else []
+
+
+def dax_notes(res: List[pagemap.DaxResidency], use_pagemap_scan: bool) -> List[str]:
+    """What the report can and cannot say about DAX VMAs on this kernel, in words."""
+    if use_pagemap_scan or not res:
+        return []
+    notes = ["RSS of DAX VMAs is read from the present bits of /proc/PID/pagemap (smaps does not "
+             "count DAX pages before Linux 6.15)"]
+    if any(r.rss is None for r in res):
+        notes.append("the page tables of some DAX VMAs could not be read: their RSS is unknown (?)")
+    unknown = sum(r.candidate_blocks for r in res if r.huge is None)
+    if unknown:
+        notes.append(f"this kernel has no PAGEMAP_SCAN (6.7+): the mapping size of DAX VMAs is unavailable "
+                     f"statically for {unknown} fully present, aligned 2 MiB blocks (PMD- or PTE-mapped: pagemap "
+                     f"has no size bit, kpageflags no flags for DAX memory, and this kernel's pagemap sets no "
+                     f"PM_FILE on DAX PMDs), HUGE/SMALL show ?; `--duration N` observes their PMD/PTE faults instead")
+    if any(r.huge is not None and r.rss for r in res):
+        notes.append("HUGE/SMALL of DAX VMAs without PAGEMAP_SCAN: 4 KiB where no 2 MiB block can be one PMD leaf "
+                     "(address, file offset or extent not 2 MiB aligned, block partly present); 2 MiB where "
+                     "pagemap flags the block PM_FILE, which only its PMD path sets for DAX pages")
+    return notes

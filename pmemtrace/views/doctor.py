@@ -39,6 +39,8 @@ BTF_VALUES = (
     ("VM_FAULT_NOPAGE", "vm_fault_reason", "DAX fault outcomes: mapped"),
     ("VM_FAULT_FALLBACK", "vm_fault_reason", "DAX fault outcomes: PMD fallback"),
     ("VM_FAULT_NEEDDSYNC", "vm_fault_reason", "DAX fault outcomes: MAP_SYNC NEEDDSYNC"),
+    ("BPF_MAP_TYPE_TASK_STORAGE", "bpf_map_type",
+     "BPF task storage (5.11+) for the fault address: a bounded LRU hash by thread id is used instead"),
 )
 
 
@@ -187,7 +189,9 @@ def check_pagemap_scan(supported: Optional[Callable[[], bool]] = None) -> List[C
         return [Check("PAGEMAP_SCAN", OK, f"supported ({release}): huge/small bytes per VMA come from the "
                       "page tables, DAX pages included")]
     return [Check("PAGEMAP_SCAN", WARN, f"not supported ({release}; needs Linux 6.7+): huge/small bytes come "
-                  "from smaps instead, which is blind to DAX pages", "a 6.7 or newer kernel")]
+                  "from smaps; DAX RSS from the present bits of /proc/PID/pagemap; the mapping size of DAX "
+                  "pages is known only where no 2 MiB block can be PMD-mapped, else unknown (report "
+                  "--duration observes DAX faults)", "a 6.7 or newer kernel")]
 
 
 def check_thp(policy: kernel.ThpPolicy) -> List[Check]:

@@ -221,7 +221,9 @@ def source_notes(source: str, soft_dirty_tracked: bool) -> List[str]:
     notes = []
     if source == pagemap.SOURCE_FALLBACK:
         notes.append("no PAGEMAP_SCAN on this kernel (6.7+): pagemap+kpageflags cannot tell a PMD-mapped "
-                     "THP from a PTE-mapped one, nor the mapping size of DAX pages: page size unknown there")
+                     "THP from a PTE-mapped one, nor the mapping size of DAX pages except where it is provable "
+                     "(4K: no 2 MiB block can be one PMD leaf; 2M: pagemap flags the block PM_FILE, which only "
+                     "its PMD path sets for DAX): page size unknown elsewhere")
     if not soft_dirty_tracked:
         notes.append("this kernel does not track soft-dirty (CONFIG_MEM_SOFT_DIRTY unset): soft-dirty unknown")
     return notes

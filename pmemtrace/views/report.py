@@ -23,7 +23,9 @@ FAULT_KEYS = ("faults", "huge_faults", "dax_pmd_faults", "dax_pte_faults", "dax_
 
 
 def visible(v: vmas_mod.Vma, show_all: bool) -> bool:
-    return show_all or v.rss_bytes > 0 or bool(v.huge_bytes) or bool(v.small_bytes)
+    """Rows with resident pages, and every DAX VMA (its residency may be unknown or just faulted
+    out: a DAX mapping is never hidden for what smaps cannot see)."""
+    return show_all or v.dax != "none" or bool(v.rss_bytes) or bool(v.huge_bytes) or bool(v.small_bytes)
 
 
 def fault_columns(vc: Optional[aggregate.VmaCounts]) -> Dict[str, object]:
@@ -48,10 +50,16 @@ def vma_dict(v: vmas_mod.Vma) -> dict:
 
 
 def totals(rows: List[vmas_mod.Vma]) -> dict:
+    """Sums over the rows shown; a sum with an unknown (None) term is unknown (None) too.
+    huge_share: huge / (huge + small) of the present bytes (hugetlb included), None if unknown or empty."""
     def total(attr):
         values = [getattr(v, attr) for v in rows]
-        return sum(x for x in values if x is not None)
-    return {"rss_bytes": total("rss_bytes"), "huge_bytes": total("huge_bytes"), "small_bytes": total("small_bytes")}
+        return None if any(x is None for x in values) else sum(values)
+    out = {"rss_bytes": total("rss_bytes"), "huge_bytes": total("huge_bytes"), "small_bytes": total("small_bytes")}
+    huge, small = out["huge_bytes"], out["small_bytes"]
+    out["huge_share"] = round(huge / (huge + small), 4) if huge is not None and small is not None and huge + small \
+        else None
+    return out
 
 
 def build_json(proc: vmas_mod.ProcessVmas, show_all: bool, policy: kernel.ThpPolicy,
@@ -124,13 +132,16 @@ def render(console: Console, data: dict) -> None:
         u = data["unmapped"]
         table.add_row("", "", "", "", "(unmapped)", "", "", "", "", "", *fault_cells(u), "", "")
     t = data["totals"]
+    notes = list(data["notes"])
+    if any(t[k] is None for k in ("rss_bytes", "huge_bytes", "small_bytes")):
+        notes.append("a total shown ? includes a VMA whose value is unknown on this kernel")
     table.add_row(Text("total", style="bold"), "", "", "", "", human_bytes(t["rss_bytes"]),
                   human_bytes(t["huge_bytes"]), human_bytes(t["small_bytes"]), "", "",
                   *(fault_cells(t) if with_faults else []), "", "", style="bold")
     console.print(table)
     for reason, n in reasons.items():
         console.print(Text(f"[{n}] THP {reason}"))
-    for note in data["notes"]:
+    for note in notes:
         console.print(Text(f"note: {note}"))
     if with_faults:
         console.print(Text(f"probes attached {data['duration']:g}s; lost events: {data['lost_events']}"))

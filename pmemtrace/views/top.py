@@ -159,7 +159,7 @@ def run(interval=1.0, count=None, noclear=False, maxrows=20, sort_key="huge_faul
         procfs.check_pid(pid)
     try:
         from .. import pagemap
-        huge_small = pagemap.huge_small_bytes if pagemap.scan_supported() else None
+        huge_small = pagemap.dax_huge_small     # DAX: page tables on every kernel (None: unknown)
     except (ImportError, AttributeError, OSError):
         huge_small = None
     tty = out.isatty() and not as_json

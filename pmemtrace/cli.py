@@ -123,5 +123,31 @@ def doctor():
     sys.exit(view.run())
 
 
+EXAMPLES_DIFF = """\b
+Examples:
+  pmemtrace report 1234 --json > base.json     # before the change
+  pmemtrace diff base.json 1234                # against the live process now
+  pmemtrace diff base.json new.json --fail-on-drop 5   # exit 12 if the huge share fell > 5 points
+  pmemtrace diff run.db new.db --at 30         # record files: the snapshot at 30 s
+"""
+
+
+@cli.command(epilog=EXAMPLES_DIFF)
+@click.argument("base")
+@click.argument("new")
+@click.option("--json", "as_json", is_flag=True, help="Print the diff as JSON (schema 1).")
+@click.option("--fail-on-drop", type=click.FloatRange(min=0), default=None, metavar="PCT",
+              help="Exit 12 when the huge share fell by more than PCT percentage points.")
+@click.option("--at", default=None, metavar="TIME",
+              help="For record files: the snapshot in force at TIME (seconds from the start, or ISO time).")
+@click.option("-p", "--pid", type=int, default=None, help="For record files: the process to compare.")
+@handle_errors
+def diff(base, new, as_json, fail_on_drop, at, pid):
+    """Huge-page coverage of BASE vs NEW (report --json files, record files or live PIDs),
+    VMAs matched by identity, not address."""
+    from .views import diff as view
+    sys.exit(view.run(base, new, as_json=as_json, fail_on_drop=fail_on_drop, at=at, pid=pid))
+
+
 def main():
     cli()

@@ -36,6 +36,7 @@ class Vma:
     thp_eligible: bool
     thp_reason: str
     vmflags: Tuple[str, ...] = ()
+    offset: int = 0               # file offset of start (bytes)
 
     @property
     def size(self) -> int:
@@ -199,7 +200,8 @@ def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None) -> Proce
             huge = smaps_huge_bytes(block)
             small = max(block.get("Rss") - huge, 0)
         vmas.append(Vma(m.start, m.end, m.perms, backing, m.path, block.get("Rss"), huge, small,
-                        facts.dax, "sf" in block.vmflags, eligible, reason, tuple(sorted(block.vmflags))))
+                        facts.dax, "sf" in block.vmflags, eligible, reason, tuple(sorted(block.vmflags)),
+                        m.offset))
     if not use_pagemap_scan and any(v.dax != "none" for v in vmas):
         notes.append("this kernel has no PAGEMAP_SCAN (6.7+): the mapping size of DAX VMAs is unavailable "
                      "statically; `--duration N` observes their PMD/PTE faults instead")

@@ -149,5 +149,45 @@ def diff(base, new, as_json, fail_on_drop, at, pid):
     sys.exit(view.run(base, new, as_json=as_json, fail_on_drop=fail_on_drop, at=at, pid=pid))
 
 
+EXAMPLES_RECORD = """\b
+Examples:
+  pmemtrace record -o run.db -p 1234             # until 1234 exits or Ctrl-C
+  pmemtrace record -o run.db --comm redis --duration 3600
+  pmemtrace record -o run.db --all --interval 5
+  pmemtrace replay run.db                         # step through it on top's screen
+"""
+
+
+@cli.command(epilog=EXAMPLES_RECORD)
+@click.option("-o", "--output", required=True, metavar="FILE", help="The record file to write (SQLite).")
+@click.option("-p", "--pid", "pids", type=int, multiple=True, help="Watch this process (repeatable).")
+@click.option("--comm", default=None, help="Watch processes whose comm contains this text.")
+@click.option("--all", "all_", is_flag=True, help="All processes; VMA snapshots of the largest.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, metavar="S")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="Stop after this long (default: Ctrl-C, or when the watched processes exit).")
+@click.option("--exact", is_flag=True, help="Attribute every THP fault by its address, as top --exact.")
+@handle_errors
+def record(output, pids, comm, all_, interval, duration, exact):
+    """Record top's frames and the watched processes' per-VMA snapshots into FILE."""
+    if sum((bool(pids), comm is not None, all_)) != 1:
+        raise click.UsageError("give exactly one of -p PID..., --comm NAME or --all")
+    from .views import record as view
+    sys.exit(view.run(output, list(pids), comm, all_, interval=interval, duration=duration, exact=exact))
+
+
+@cli.command()
+@click.argument("file")
+@click.option("--json", "as_json", is_flag=True, help="Print the recorded frames in top's JSON schema.")
+@click.option("--at", default=None, metavar="TIME",
+              help="Only the frame at TIME (seconds from the start, or ISO time).")
+@click.option("-r", "--maxrows", type=click.IntRange(min=1), default=20, show_default=True, help="Rows to show.")
+@handle_errors
+def replay(file, as_json, at, maxrows):
+    """Show a record file on top's screen, with keys to step through time."""
+    from .views import replay as view
+    sys.exit(view.run(file, as_json=as_json, at=at, maxrows=maxrows))
+
+
 def main():
     cli()

@@ -32,7 +32,7 @@ def _sysfs_tree(root: str, prefix: str) -> Dict[str, str]:
             key = name if rel == "." else f"{rel}/{name}"
             if key in SKIP_FILES:
                 continue
-            out[f"{prefix}/{key}"] = kernel.selected(value) if "[" in value else value
+            out[f"{prefix}/{key}"] = (kernel.selected(value) or value) if "[" in value else value
     return out
 
 

@@ -1,0 +1,142 @@
+"""`pmemtrace record -o FILE`: top's frames and the watched processes' VMA snapshots, over time,
+into one SQLite file (pmemtrace.store) that replay, diff and plot read.
+
+Each interval: interval.Model.step() makes the frame `top --json` prints; for each watched
+process (-p, --comm, or with --all the largest processes of the frame) report's per-VMA
+document is built (views.report.build_json) and stored when it changed; the policy
+(pmemtrace.policy) is stored when it changed. One transaction per interval.
+"""
+import os
+import signal
+import sys
+import time
+from typing import Dict, List, Optional
+
+from .. import kernel, policy as policy_mod, procfs, vmas as vmas_mod
+from ..errors import PmemtraceError, ProcessExited
+from ..interval import Model, NoProbes, features_for
+from .text import human_bytes
+from . import report
+
+ALL_BUDGET = 16                 # --all: snapshots of at most this many processes an interval ...
+ALL_MIN_RSS = 2 << 20           # ... each holding at least one PMD of RSS
+
+
+class _Stop(Exception):
+    pass
+
+
+def open_probes(features: List[str], pid: Optional[int]):
+    from .. import loader
+    return loader.Probes(features, pid).start()
+
+
+def watched(frame: dict, pids: List[int], comm: Optional[str], all_: bool) -> List[int]:
+    """Whose VMAs are snapshotted this interval."""
+    if pids:
+        return [p for p in pids if os.path.exists(f"/proc/{p}")]
+    rows = [r for r in frame.get("processes", []) if isinstance(r.get("pid"), int) and not r.get("exited")]
+    if comm is not None:
+        return sorted(p for p, c in procfs_comms().items() if comm in c)
+    big = sorted((r for r in rows if (r.get("rss_bytes") or 0) >= ALL_MIN_RSS), key=lambda r: -r["rss_bytes"])
+    return [r["pid"] for r in big[:ALL_BUDGET]] if all_ else []
+
+
+def procfs_comms() -> Dict[int, str]:
+    out = {}
+    for name in os.listdir(procfs.PROC):
+        if name.isdigit():
+            try:
+                with open(f"{procfs.PROC}/{name}/comm", encoding="utf-8", errors="surrogateescape") as f:
+                    out[int(name)] = f.read().rstrip("\n")
+            except OSError:
+                continue
+    return out
+
+
+def snapshot(pid: int) -> Optional[dict]:
+    try:
+        proc = vmas_mod.describe_process(pid)
+    except (ProcessExited, PmemtraceError) as e:
+        if isinstance(e, ProcessExited) or e.exit_code in (3, 4, 8):
+            return None          # gone, or a kernel thread: nothing to snapshot
+        raise
+    return report.build_json(proc, False, kernel.thp_policy())
+
+
+def run(output: str, pids: List[int], comm: Optional[str], all_: bool, interval: float = 1.0,
+        duration: Optional[float] = None, exact: bool = False, probes_factory=open_probes, err=None) -> int:
+    from .. import store
+    err = err or sys.stderr
+    for p in pids:
+        procfs.check_pid(p)
+    one = pids[0] if len(pids) == 1 else None
+    features = features_for(exact, one)
+    options = {"pids": pids, "comm": comm, "all": all_, "interval": interval, "duration": duration, "exact": exact}
+    old_term = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):
+        raise _Stop()
+    signal.signal(signal.SIGTERM, on_term)
+    probes = writer = None
+    tty = err.isatty()
+    try:
+        probes = probes_factory(features, one)
+        missing = getattr(probes, "missing", {}) or {}
+        try:
+            from .. import pagemap
+            huge_small = pagemap.huge_small_bytes if pagemap.scan_supported() else None
+        except (ImportError, AttributeError, OSError):
+            huge_small = None
+        model = Model(exact=exact, pid=one, comm=comm, huge_small=huge_small,
+                      fallbacks_known=("fs_dax:dax_pmd_fault_done" not in missing
+                                       and not isinstance(probes, NoProbes)))
+        model.procs.tick = lambda: probes.poll(0)
+        model.start()
+        probes.snapshot()
+        started = time.time()
+        writer = store.Writer(output, options, kernel.release(), started)
+        print(f"Recording to {output} every {interval:g}s" + (f" for {duration:g}s" if duration else "")
+              + "... Ctrl-C to stop", file=err, flush=True)
+        deadline = time.monotonic()
+        end = None if duration is None else deadline + duration
+        done = False
+        while not done:
+            deadline += interval
+            while time.monotonic() < deadline:
+                time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+                probes.poll(0)
+            try:
+                frame: Optional[dict] = model.step(probes.snapshot())
+            except ProcessExited as e:
+                frame = getattr(e, "frame", None)      # the -p process is gone: its last interval
+                done = True
+            if frame is None:
+                break
+            reports = {}
+            for p in watched(frame, pids, comm, all_):
+                doc = snapshot(p)
+                if doc is not None:
+                    reports[p] = doc
+            writer.write_interval(time.time(), frame, reports, policy_mod.read())
+            n = writer.seq
+            if tty or n % 10 == 0 or done:
+                line = f"record: {n} intervals, {writer.snapshots_written} snapshots, {human_bytes(writer.size())}"
+                print(("\r" + line) if tty else line, end="" if tty else "\n", file=err, flush=True)
+            if pids and not any(os.path.exists(f"/proc/{p}") for p in pids):
+                done = True
+            if end is not None and time.monotonic() >= end - interval / 2:
+                done = True
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        if probes is not None:
+            probes.close()
+        if writer is not None:
+            if tty:
+                print(file=err)
+            print(f"record: {writer.seq} intervals, {writer.snapshots_written} snapshots, "
+                  f"{human_bytes(writer.size())} in {output}", file=err, flush=True)
+            writer.close()
+        signal.signal(signal.SIGTERM, old_term)
+    return 0

@@ -189,5 +189,18 @@ def replay(file, as_json, at, maxrows):
     sys.exit(view.run(file, as_json=as_json, at=at, maxrows=maxrows))
 
 
+@cli.command()
+@click.argument("file")
+@click.option("-o", "--output", required=True, metavar="OUT.html|OUT.svg", help="The picture to write.")
+@handle_errors
+def plot(file, output):
+    """Draw FILE: a record file (huge share over time per VMA group, THP / DAX rates), or a
+    pages / report --json document (the address space in 2 MiB blocks). Self-contained SVG or HTML."""
+    if not output.endswith((".svg", ".html", ".htm")):
+        raise click.BadParameter("must end in .svg or .html", param_hint="-o")
+    from .views import plot as view
+    sys.exit(view.run(file, output))
+
+
 def main():
     cli()

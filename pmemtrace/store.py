@@ -187,6 +187,6 @@ class Reader:
             raise BadInputFile(f"{self.path}: no VMA snapshot" + (f" at or before {at}" if at else ""))
         if pid is None:
             pid = max(docs, key=lambda p: (sum(v.get("rss_bytes") or 0 for v in docs[p][1]["vmas"]), -p))
-        when, doc = docs[pid]
-        doc["policy"] = self.policy_at(when)
+        doc = docs[pid][1]
+        doc["policy"] = self.policy_at(limit)        # the snapshot stands until the next: so does the policy
         return doc

@@ -1,0 +1,144 @@
+"""The record file: crash safety, change-only snapshots, bad files; and replay / diff on it.
+Recording here uses top's Model on the real /proc of this machine without probes (NoProbes):
+no BPF, no root needed beyond reading our own children's smaps."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from pmemtrace import store
+from pmemtrace.cli import cli
+from pmemtrace.errors import BadInputFile
+from pmemtrace.views import replay
+from testkit import FIXTURES, ROOT
+
+RECORD_NO_PROBES = """
+import sys
+from pmemtrace.interval import NoProbes
+from pmemtrace.views import record
+sys.exit(record.run(sys.argv[1], [int(sys.argv[2])], None, False, interval=float(sys.argv[3]),
+                    duration=float(sys.argv[4]) if sys.argv[4] != "-" else None,
+                    probes_factory=lambda features, pid: NoProbes()))
+"""
+
+
+def doc(rss, pid=7):
+    return {"schema": 1, "pid": pid, "comm": "w", "kernel": "6.18", "time": 0.0, "policy": {"kernel": "6.18"},
+            "vmas": [{"start": 0, "end": 4096, "perms": "rw-p", "backing": "anon", "path": "",
+                      "rss_bytes": rss, "huge_bytes": 0, "small_bytes": rss}]}
+
+
+def test_snapshots_only_when_they_change_and_policy_once(tmp_path):
+    path = str(tmp_path / "r.db")
+    w = store.Writer(path, {"pids": [7]}, "6.18", 1000.0)
+    pol = {"kernel": "6.18", "thp/enabled": "madvise"}
+    for i, rss in enumerate([4096, 4096, 4096, 8192, 8192]):
+        w.write_interval(1001.0 + i, {"time": 1001.0 + i, "processes": []}, {7: doc(rss)}, pol)
+    w.write_interval(1006.0, {"time": 1006.0, "processes": []}, {7: doc(8192)}, {**pol, "thp/enabled": "always"})
+    w.close()
+    with store.Reader(path) as r:
+        assert r.interval_count() == 6
+        assert [(t, pid) for t, pid, _ in r.snapshots()] == [(1001.0, 7), (1004.0, 7)]
+        assert r.report_at("2.5")["vmas"][0]["rss_bytes"] == 4096        # in force at 1002.5
+        assert r.report_at(None)["vmas"][0]["rss_bytes"] == 8192
+        assert r.report_at(None)["policy"]["thp/enabled"] == "always"
+        assert r.report_at("3")["policy"]["thp/enabled"] == "madvise"
+        with pytest.raises(BadInputFile, match="no snapshot of pid 8"):
+            r.report_at(None, 8)
+    db = sqlite3.connect(path)
+    assert db.execute("select count(*) from policy").fetchone()[0] == 2
+    # readable with standard tools: the frame is JSON text
+    assert db.execute("select json_extract(frame, '$.time') from intervals where seq = 2").fetchone()[0] == 1002.0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "foreign_sqlite", "newer_schema", "text"])
+def test_bad_files_one_line_exit_13(tmp_path, damage):
+    path = tmp_path / "r.db"
+    w = store.Writer(str(path), {}, "6.18", 1000.0)
+    for i in range(200):
+        w.write_interval(1001.0 + i, {"time": 1001.0 + i, "processes": [], "pad": "x" * 2000}, {7: doc(4096 * i)}, {})
+    w.close()
+    if damage == "truncate":
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) // 3])
+    elif damage == "foreign_sqlite":
+        path.unlink()
+        sqlite3.connect(str(path)).execute("create table t (x)").connection.commit()
+    elif damage == "newer_schema":
+        db = sqlite3.connect(str(path))
+        db.execute("update meta set value = '2' where key = 'schema'")
+        db.commit()
+    else:
+        path.write_text("time,rss\n1,2\n")
+    for args in (["replay", str(path), "--json"], ["diff", str(path), str(path)], ["plot", str(path), "-o",
+                                                                                   str(tmp_path / "o.svg")]):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 13, (args, r.output, r.exception)
+        assert r.output.startswith("pmemtrace: ") and len(r.output.strip().splitlines()) == 1
+
+
+def test_replay_at_picks_the_frame_in_force():
+    assert replay.index_at([10.0, 11.0, 12.0], 11.5) == 1
+    assert replay.index_at([10.0, 11.0, 12.0], 9.0) == 0
+    assert replay.index_at([10.0, 11.0, 12.0], 99.0) == 2
+
+
+def test_replay_keys():
+    c = replay.Cursor(5, 10)
+    assert replay.step_key(c, "\x1b[C").pos == 6 and replay.step_key(c, "\x1b[D").pos == 4
+    assert replay.step_key(c, "\x1b[6~").pos == 9 and replay.step_key(c, "\x1b[5~").pos == 0
+    assert replay.step_key(c, "g").pos == 0 and replay.step_key(c, "G").pos == 9
+    assert replay.step_key(c, " ").playing and replay.step_key(c, "q") is None
+
+
+@pytest.fixture
+def arena(build_workload):
+    exe = build_workload("diff_arena")
+    p = subprocess.Popen([exe, "aligned"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().startswith("ready ")
+    yield p
+    p.stdin.close()
+    p.wait(timeout=10)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's map_files needs root")
+def test_kill_9_during_record_keeps_every_complete_interval(tmp_path, arena):
+    path = tmp_path / "r.db"
+    rec = subprocess.Popen([sys.executable, "-c", RECORD_NO_PROBES, str(path), str(arena.pid), "0.2", "-"],
+                           cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if path.exists():
+            try:
+                with store.Reader(str(path)) as r:
+                    if r.interval_count() >= 8:
+                        break
+            except BadInputFile:
+                pass                          # created but the schema not committed yet
+        time.sleep(0.05)
+    rec.send_signal(signal.SIGKILL)
+    rec.wait(timeout=10)
+    db = sqlite3.connect(str(path))
+    committed = db.execute("select count(*) from intervals").fetchone()[0]
+    db.close()
+    assert committed >= 8
+    r = CliRunner().invoke(cli, ["replay", str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    frames = [json.loads(line) for line in r.output.splitlines()]
+    assert len(frames) == committed
+    assert [f["time"] for f in frames] == sorted(f["time"] for f in frames)
+    row = [p for p in frames[-1]["processes"] if p["pid"] == arena.pid][0]
+    assert row["huge_bytes"] == 64 << 20            # the aligned MADV_HUGEPAGE arena, all huge
+    d = CliRunner().invoke(cli, ["diff", str(path), str(FIXTURES / "diff" / "report_split.json"), "--json",
+                                 "--fail-on-drop", "5"])
+    assert d.exit_code == 12
+    g = json.loads(d.output)["groups"][0]
+    assert (g["key"], g["base"]["huge_bytes"], g["new"]["huge_bytes"]) == ("anon rw-p MADV_HUGEPAGE", 64 << 20, 0)
+    same = CliRunner().invoke(cli, ["diff", str(path), str(path), "--fail-on-drop", "0"])
+    assert same.exit_code == 0, same.output

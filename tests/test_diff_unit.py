@@ -154,7 +154,8 @@ def test_misaligned():
 
 
 def test_cmdline_params():
-    line = "console=ttyS0 transparent_hugepage=always hugepages=4 hugepagesz=1G hugepages=2 thp_anon=64K:always -- hugepages=9"
+    line = ("console=ttyS0 transparent_hugepage=always hugepages=4 hugepagesz=1G hugepages=2 "
+            "thp_anon=64K:always -- hugepages=9")
     assert policy.cmdline_params(line) == {"cmdline/transparent_hugepage": "always", "cmdline/hugepages": "4,2",
                                            "cmdline/hugepagesz": "1G", "cmdline/thp_anon": "64K:always"}
 

@@ -142,3 +142,15 @@ def test_kill_9_during_record_keeps_every_complete_interval(tmp_path, arena):
     assert (g["key"], g["base"]["huge_bytes"], g["new"]["huge_bytes"]) == ("anon rw-p MADV_HUGEPAGE", 64 << 20, 0)
     same = CliRunner().invoke(cli, ["diff", str(path), str(path), "--fail-on-drop", "0"])
     assert same.exit_code == 0, same.output
+
+
+def test_snapshot_due_only_when_something_moved():
+    from pmemtrace.views.record import SNAPSHOT_REFRESH, snapshot_due
+    row = {"pid": 7, "faults": 0, "huge_faults": 0, "rss_bytes": 4096, "huge_bytes": 0, "madvise_calls": 0}
+    assert snapshot_due(row, None, None, 100.0)                          # never read
+    assert not snapshot_due(row, dict(row), 100.0, 101.0)               # quiet
+    assert not snapshot_due(None, dict(row), 100.0, 101.0)              # not in the frame: quiet
+    assert snapshot_due(None, dict(row), 100.0, 100.0 + SNAPSHOT_REFRESH)
+    assert snapshot_due({**row, "faults": 3}, dict(row), 100.0, 101.0)
+    assert snapshot_due({**row, "madvise_calls": 1}, dict(row), 100.0, 101.0)
+    assert snapshot_due({**row, "huge_bytes": 2 << 20}, dict(row), 100.0, 101.0)

@@ -127,10 +127,10 @@ def record_svg(snapshots, frames, started: float, title: str) -> str:
         body.append(f"<rect x='{left}' y='{y}' width='{width}' height='{lane_h * 2}' fill='#fafafa' stroke='#bdbdbd'/>")
         body.append(f"<text x='10' y='{y + 18}'>{esc(name)} (max {top:.0f})</text>")
         for n, k in enumerate(keys):
-            pts = " ".join(f"{x(t):.1f},{y + 2 * lane_h - v / top * 2 * lane_h:.1f}" for t, v in rates[k])
+            line = " ".join(f"{x(t):.1f},{y + 2 * lane_h - v / top * 2 * lane_h:.1f}" for t, v in rates[k])
             color = LANE_COLORS[n]
-            if pts:
-                body.append(f"<polyline fill='none' stroke='{color}' stroke-width='2' points='{pts}'/>")
+            if line:
+                body.append(f"<polyline fill='none' stroke='{color}' stroke-width='2' points='{line}'/>")
             body.append(f"<text x='10' y='{y + 36 + 16 * n}' fill='{color}'>{esc(k)}</text>")
         body.append("</g>")
         y += 2 * lane_h + gap
@@ -207,8 +207,8 @@ def html_page(svg: str, title: str) -> str:
 def render_file(path: str) -> Tuple[str, str]:
     """(svg, title) for a record file, a pages --json or a report --json document."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
+        with open(path, "rb") as raw:
+            head = raw.read(len(SQLITE_MAGIC))
     except OSError as e:
         raise BadInputFile(f"{path}: cannot read: {e.strerror}") from None
     name = os.path.basename(path)

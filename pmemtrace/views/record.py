@@ -20,6 +20,8 @@ from . import report
 
 ALL_BUDGET = 16                 # --all: snapshots of at most this many processes an interval ...
 ALL_MIN_RSS = 2 << 20           # ... each holding at least one PMD of RSS
+SNAPSHOT_REFRESH = 10.0         # a quiet process's VMAs are re-read this often
+POLICY_REFRESH = 10.0           # and the sysfs policy
 
 
 class _Stop(Exception):
@@ -52,6 +54,18 @@ def procfs_comms() -> Dict[int, str]:
             except OSError:
                 continue
     return out
+
+
+def snapshot_due(row: Optional[dict], last_row: Optional[dict], last_time: Optional[float], now: float) -> bool:
+    """Re-read a process's VMAs (2-3 ms) only when its frame row says something moved: faults,
+    RSS or huge bytes, madvise calls; or SNAPSHOT_REFRESH seconds after the last read."""
+    if last_time is None or now - last_time >= SNAPSHOT_REFRESH:
+        return True
+    if row is None:
+        return False
+    if row.get("faults") or row.get("huge_faults") or row.get("madvise_calls") or row.get("dax_faults"):
+        return True
+    return last_row is None or any(row.get(k) != last_row.get(k) for k in ("rss_bytes", "huge_bytes"))
 
 
 def snapshot(pid: int) -> Optional[dict]:
@@ -101,6 +115,10 @@ def run(output: str, pids: List[int], comm: Optional[str], all_: bool, interval:
         deadline = time.monotonic()
         end = None if duration is None else deadline + duration
         done = False
+        last_read: Dict[int, float] = {}
+        last_rows: Dict[int, Optional[dict]] = {}
+        policy: Optional[dict] = None
+        policy_read = 0.0
         while not done:
             deadline += interval
             while time.monotonic() < deadline:
@@ -113,12 +131,19 @@ def run(output: str, pids: List[int], comm: Optional[str], all_: bool, interval:
                 done = True
             if frame is None:
                 break
+            now = time.monotonic()
+            rows = {r["pid"]: r for r in frame.get("processes", []) if isinstance(r.get("pid"), int)}
             reports = {}
             for p in watched(frame, pids, comm, all_):
+                if not snapshot_due(rows.get(p), last_rows.get(p), last_read.get(p), now):
+                    continue
                 doc = snapshot(p)
                 if doc is not None:
                     reports[p] = doc
-            writer.write_interval(time.time(), frame, reports, policy_mod.read())
+                    last_read[p], last_rows[p] = now, rows.get(p)
+            if policy is None or now - policy_read >= POLICY_REFRESH:
+                policy, policy_read = policy_mod.read(), now
+            writer.write_interval(time.time(), frame, reports, policy)
             n = writer.seq
             if tty or n % 10 == 0 or done:
                 line = f"record: {n} intervals, {writer.snapshots_written} snapshots, {human_bytes(writer.size())}"

@@ -173,3 +173,24 @@ def test_policy_from_old_report_without_policy_key():
     del doc["policy"]
     assert policy.from_report(doc) == {"kernel": doc["kernel"], "thp/enabled": "madvise",
                                        "thp/defrag": "madvise", "thp/shmem_enabled": "never"}
+
+
+def test_tens_of_thousands_of_vmas():
+    """30,000 VMAs each side (2,000 libraries of 5 segments, 20,000 anonymous 2 MiB + 4 KiB pieces)."""
+    def side(shift, huge):
+        vmas, addr = [], 0x7f0000000000 + shift
+        for lib in range(2000):
+            for seg, perms in enumerate(("r--p", "r-xp", "r--p", "rw-p", "---p")):
+                vmas.append(vma(addr, addr + 0x1000, perms, "file", f"/usr/lib/lib{lib}.so", seg * 0x10000))
+                addr += 0x1000
+        for _ in range(20000):
+            start = (addr + (2 * MiB - 1)) & ~(2 * MiB - 1)
+            vmas.append(vma(start, start + 2 * MiB + 4096, vmflags=["hg"],
+                            huge_bytes=2 * MiB if huge else 0, small_bytes=4096 if huge else 2 * MiB + 4096))
+            addr = start + 4 * MiB
+        return {"pid": 1, "comm": "x", "kernel": "6.18", "vmas": vmas}
+    d = diff.compare(side(0, True), side(0x100000000, False), 5.0)
+    assert len(d["groups"]) == 2000 * 5 + 1
+    g = d["groups"][0]
+    assert (g["key"], g["base"]["vmas"], g["huge_bytes_delta"]) == ("anon rw-p MADV_HUGEPAGE", 20000, -20000 * 2 * MiB)
+    assert d["regression"] and d["totals"]["vmas"] == {"base": 30000, "new": 30000, "delta": 0}

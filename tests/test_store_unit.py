@@ -154,3 +154,37 @@ def test_snapshot_due_only_when_something_moved():
     assert snapshot_due({**row, "faults": 3}, dict(row), 100.0, 101.0)
     assert snapshot_due({**row, "madvise_calls": 1}, dict(row), 100.0, 101.0)
     assert snapshot_due({**row, "huge_bytes": 2 << 20}, dict(row), 100.0, 101.0)
+
+
+@pytest.mark.skipif(not __import__("shutil").which("tmux"), reason="tmux drives the terminal")
+def test_replay_screen_steps_through_time(tmp_path):
+    path = tmp_path / "r.db"
+    w = store.Writer(str(path), {}, "6.18", 1000.0)
+    for i in range(6):
+        w.write_interval(1001.0 + i, {"time": 1001.0 + i, "interval": 1.0, "mode": "default", "lost_events": 0,
+                                      "system": {"vmstat": {}, "mthp": {}, "dax": {}},
+                                      "processes": [{"pid": 7, "comm": f"proc{i}", "faults": i, "huge_faults": 0,
+                                                     "fallbacks": None, "huge_share": 0.5, "rss_bytes": 1,
+                                                     "huge_bytes": 0, "exited": False}]}, {}, {"thp/enabled": "x"})
+    w.close()
+    session = f"pmemtrace-replay-{os.getpid()}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "150", "-y", "30",
+                    f"cd {ROOT} && {sys.executable} -m pmemtrace replay {path}; sleep 30"], check=True)
+
+    def screen_has(text):
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            out = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+            if text in out:
+                return out
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} never shown:\n{out}")
+    try:
+        assert "proc5" in screen_has("interval 6 of 6")
+        subprocess.run(["tmux", "send-keys", "-t", session, "Left"], check=True)
+        assert "proc4" in screen_has("interval 5 of 6")
+        subprocess.run(["tmux", "send-keys", "-t", session, "g"], check=True)
+        assert "proc0" in screen_has("interval 1 of 6")
+        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

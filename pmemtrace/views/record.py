@@ -12,8 +12,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from .. import kernel, policy as policy_mod, procfs, vmas as vmas_mod
-from ..errors import PmemtraceError, ProcessExited
+from .. import kernel, policy as policy_mod, procfs, sampler, vmas as vmas_mod
+from ..errors import KernelThread, NoSuchProcess, NotRoot, ProcessExited
 from ..interval import Model, NoProbes, features_for
 from .text import human_bytes
 from . import report
@@ -33,15 +33,19 @@ def open_probes(features: List[str], pid: Optional[int]):
     return loader.Probes(features, pid).start()
 
 
-def watched(frame: dict, pids: List[int], comm: Optional[str], all_: bool) -> List[int]:
-    """Whose VMAs are snapshotted this interval."""
+def watched(pids: List[int], comm: Optional[str], all_: bool) -> List[int]:
+    """Whose VMAs may be snapshotted this interval: the -p processes still alive, the processes
+    whose comm contains --comm, or with --all the ALL_BUDGET largest holding ALL_MIN_RSS."""
     if pids:
         return [p for p in pids if os.path.exists(f"/proc/{p}")]
-    rows = [r for r in frame.get("processes", []) if isinstance(r.get("pid"), int) and not r.get("exited")]
     if comm is not None:
         return sorted(p for p, c in procfs_comms().items() if comm in c)
-    big = sorted((r for r in rows if (r.get("rss_bytes") or 0) >= ALL_MIN_RSS), key=lambda r: -r["rss_bytes"])
-    return [r["pid"] for r in big[:ALL_BUDGET]] if all_ else []
+    if not all_:
+        return []
+    page = os.sysconf("SC_PAGE_SIZE")
+    big = [(st.rss_pages * page, pid) for pid, st in sampler.scan_stats().items()
+           if st.rss_pages * page >= ALL_MIN_RSS]
+    return [pid for _, pid in sorted(big, key=lambda x: (-x[0], x[1]))[:ALL_BUDGET]]
 
 
 def procfs_comms() -> Dict[int, str]:
@@ -68,13 +72,16 @@ def snapshot_due(row: Optional[dict], last_row: Optional[dict], last_time: Optio
     return last_row is None or any(row.get(k) != last_row.get(k) for k in ("rss_bytes", "huge_bytes"))
 
 
-def snapshot(pid: int) -> Optional[dict]:
+def snapshot(pid: int, strict: bool = True) -> Optional[dict]:
+    """report's document for pid; None if it is gone or a kernel thread (or, not strict: unreadable)."""
     try:
         proc = vmas_mod.describe_process(pid)
-    except (ProcessExited, PmemtraceError) as e:
-        if isinstance(e, ProcessExited) or e.exit_code in (3, 4, 8):
-            return None          # gone, or a kernel thread: nothing to snapshot
-        raise
+    except (ProcessExited, NoSuchProcess, KernelThread):
+        return None
+    except NotRoot:
+        if strict:
+            raise
+        return None
     return report.build_json(proc, False, kernel.thp_policy())
 
 
@@ -134,10 +141,10 @@ def run(output: str, pids: List[int], comm: Optional[str], all_: bool, interval:
             now = time.monotonic()
             rows = {r["pid"]: r for r in frame.get("processes", []) if isinstance(r.get("pid"), int)}
             reports = {}
-            for p in watched(frame, pids, comm, all_):
+            for p in watched(pids, comm, all_):
                 if not snapshot_due(rows.get(p), last_rows.get(p), last_read.get(p), now):
                     continue
-                doc = snapshot(p)
+                doc = snapshot(p, strict=bool(pids))
                 if doc is not None:
                     reports[p] = doc
                     last_read[p], last_rows[p] = now, rows.get(p)

@@ -131,6 +131,14 @@ def _side(s: dict) -> str:
     return f"{where} from {s['source']}"
 
 
+def shown(g: dict) -> bool:
+    """Text output lists a group if it changed (VMAs, bytes, alignment, THP reasons) or is big."""
+    b, n = g["base"], g["new"]
+    keys = ("vmas", "huge_bytes", "small_bytes", "misaligned_vmas")
+    return (any(b[k] != n[k] for k in keys) or set(b["thp_reasons"]) != set(n["thp_reasons"])
+            or max(b["rss_bytes"], n["rss_bytes"]) >= MIN_GROUP_RSS)
+
+
 def text_lines(d: dict) -> List[str]:
     t = d["totals"]
     share = t["huge_share"]
@@ -149,7 +157,10 @@ def text_lines(d: dict) -> List[str]:
              f"base: {_side(d['base'])}   new: {_side(d['new'])}",
              "",
              f"  {'VMAS':>9} {'RSS':>13} {'HUGE':>13} {'SMALL':>13} {'HUGE%':>15} {'MISALIGNED':>10}  GROUP"]
+    quiet = [g for g in d["groups"] if not shown(g)]
     for g in d["groups"]:
+        if not shown(g):
+            continue
         b, n = g["base"], g["new"]
         mark = "!" if g["regression"] else " "
         lines.append(f"{mark} {_arrow(b['vmas'], n['vmas']):>9} "
@@ -163,6 +174,9 @@ def text_lines(d: dict) -> List[str]:
                 lines.append(f"    THP reason gone: {printable(reason)}")
             for reason in sorted(set(n["thp_reasons"]) - set(b["thp_reasons"])):
                 lines.append(f"    THP reason new:  {printable(reason)}")
+    if quiet:
+        lines.append(f"  ... and {len(quiet)} unchanged groups under {human_bytes(MIN_GROUP_RSS)} of RSS "
+                     "(all of them in --json)")
     changes = [p for p in d["policy"] if p["key"] != "kernel"]
     lines.append("")
     lines.append("policy: unchanged" if not changes else "policy:")

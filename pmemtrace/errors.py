@@ -57,4 +57,9 @@ class BadInputFile(PmemtraceError):
     exit_code = 13
 
 
+class BadOutputFile(PmemtraceError):
+    """An output file (record -o, plot -o) that cannot be written: a usage error."""
+    exit_code = 2
+
+
 EXIT_CODES = {cls.__name__: cls.exit_code for cls in PmemtraceError.__subclasses__()}

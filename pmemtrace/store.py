@@ -23,7 +23,7 @@ import sqlite3
 import zlib
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from .errors import BadInputFile
+from .errors import BadInputFile, BadOutputFile
 
 FORMAT = "pmemtrace-record"
 SCHEMA = 1
@@ -46,11 +46,14 @@ def vma_digest(doc: dict) -> str:
 
 class Writer:
     def __init__(self, path: str, options: dict, kernel_release: str, started: float):
-        if os.path.exists(path):
-            os.unlink(path)
+        try:
+            if os.path.exists(path):
+                os.unlink(path)
+            self.db = sqlite3.connect(path)
+            self.db.execute("PRAGMA journal_mode=DELETE")
+        except (OSError, sqlite3.Error) as e:
+            raise BadOutputFile(f"cannot write the record file {path}: {e}") from None
         self.path = path
-        self.db = sqlite3.connect(path)
-        self.db.execute("PRAGMA journal_mode=DELETE")
         # NORMAL: a killed recorder loses nothing committed (the journal protects against that);
         # only a power cut may lose the last intervals. FULL would fsync twice per interval.
         self.db.execute("PRAGMA synchronous=NORMAL")

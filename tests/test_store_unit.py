@@ -188,3 +188,13 @@ def test_replay_screen_steps_through_time(tmp_path):
         subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_record_usage_errors(tmp_path):
+    r = CliRunner().invoke(cli, ["record", "-o", str(tmp_path / "r.db")])
+    assert r.exit_code == 2 and "exactly one of" in r.output
+    with pytest.raises(store.BadOutputFile, match="cannot write the record file"):
+        store.Writer(str(tmp_path / "no" / "such" / "dir.db"), {}, "6.18", 0.0)
+    r = CliRunner().invoke(cli, ["plot", str(FIXTURES / "diff" / "report_split.json"), "-o",
+                                 str(tmp_path / "no" / "x.svg")])
+    assert r.exit_code == 2 and r.output.startswith("pmemtrace: plot: cannot write")

@@ -16,7 +16,7 @@ from html import escape as _escape
 from typing import Dict, List, Tuple
 
 from .. import groups
-from ..errors import BadInputFile, PmemtraceError
+from ..errors import BadInputFile, BadOutputFile
 from .diff import SQLITE_MAGIC
 from .text import human_bytes, printable
 
@@ -242,6 +242,6 @@ def run(path: str, output: str) -> int:
         with open(output, "w", encoding="utf-8") as f:
             f.write(text)
     except OSError as e:
-        raise PmemtraceError(f"plot: cannot write {output}: {e.strerror}") from None
+        raise BadOutputFile(f"plot: cannot write {output}: {e.strerror}") from None
     return 0
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import urllib.parse
 import zlib
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -129,8 +130,11 @@ class Reader:
         if not os.path.isfile(path):
             raise BadInputFile(f"{path}: no such record file")
         try:
-            # read-write (never create): a hot journal left by kill -9 is rolled back on open
-            self.db = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+            # read-write (never create): a hot journal left by kill -9 is rolled back on open;
+            # a file this user may only read is opened read-only
+            mode = "rw" if os.access(path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(path)), os.W_OK) \
+                else "ro"
+            self.db = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode={mode}", uri=True)
             self.meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
             self.db.execute("SELECT count(*) FROM intervals").fetchone()
             self.db.execute("PRAGMA quick_check").fetchone()

@@ -194,3 +194,13 @@ def test_tens_of_thousands_of_vmas():
     g = d["groups"][0]
     assert (g["key"], g["base"]["vmas"], g["huge_bytes_delta"]) == ("anon rw-p MADV_HUGEPAGE", 20000, -20000 * 2 * MiB)
     assert d["regression"] and d["totals"]["vmas"] == {"base": 30000, "new": 30000, "delta": 0}
+
+
+def test_unknown_page_sizes_are_said():
+    base, new = load("aligned"), load("aligned")
+    arena = next(v for v in base["vmas"] if v["rss_bytes"] == 64 * MiB)
+    arena["huge_bytes"] = arena["small_bytes"] = None          # as 6.1 reports a DAX VMA
+    d = diff.compare(base, new)
+    g = next(g for g in d["groups"] if g["key"] == "anon rw-p MADV_HUGEPAGE")
+    assert (g["base"]["unknown_vmas"], g["new"]["unknown_vmas"]) == (1, 0)
+    assert any("page size unknown" in line and "1 -> 0 VMAs" in line for line in diff.text_lines(d))

@@ -169,6 +169,9 @@ def text_lines(d: dict) -> List[str]:
                      f"{_arrow(b['small_bytes'], n['small_bytes'], human_bytes):>13} "
                      f"{_arrow(b['huge_share'], n['huge_share'], _pct):>15} "
                      f"{_arrow(b['misaligned_vmas'], n['misaligned_vmas']):>10}  {printable(g['key'])}")
+        if b["unknown_vmas"] or n["unknown_vmas"]:
+            lines.append(f"    page size unknown (DAX on a kernel without PAGEMAP_SCAN) for "
+                         f"{_arrow(b['unknown_vmas'], n['unknown_vmas'])} VMAs: their bytes count as neither")
         if set(b["thp_reasons"]) != set(n["thp_reasons"]):
             for reason in sorted(set(b["thp_reasons"]) - set(n["thp_reasons"])):
                 lines.append(f"    THP reason gone: {printable(reason)}")

@@ -125,10 +125,9 @@ def doctor():
 
 EXAMPLES_DIFF = """\b
 Examples:
-  pmemtrace report 1234 --json > base.json     # before the change
-  pmemtrace diff base.json 1234                # against the live process now
+  pmemtrace diff base.json 1234                # a saved report --json against the live process
   pmemtrace diff base.json new.json --fail-on-drop 5   # exit 12 if the huge share fell > 5 points
-  pmemtrace diff run.db new.db --at 30         # record files: the snapshot at 30 s
+  pmemtrace diff run.db new.db --at 30 --json  # record files: the snapshots at 30 s
 """
 
 
@@ -154,7 +153,19 @@ Examples:
   pmemtrace record -o run.db -p 1234             # until 1234 exits or Ctrl-C
   pmemtrace record -o run.db --comm redis --duration 3600
   pmemtrace record -o run.db --all --interval 5
-  pmemtrace replay run.db                         # step through it on top's screen
+"""
+
+EXAMPLES_REPLAY = """\b
+Examples:
+  pmemtrace replay run.db                        # top's screen; <- -> step through time
+  pmemtrace replay run.db --json                 # every frame, top's JSON schema
+  pmemtrace replay run.db --at 90 --json         # the frame 90 s into the recording
+"""
+
+EXAMPLES_PLOT = """\b
+Examples:
+  pmemtrace plot run.db -o run.html              # huge share over time per VMA group
+  pmemtrace plot pages.json -o space.svg         # pages --json: the address space in 2 MiB blocks
 """
 
 
@@ -176,7 +187,7 @@ def record(output, pids, comm, all_, interval, duration, exact):
     sys.exit(view.run(output, list(pids), comm, all_, interval=interval, duration=duration, exact=exact))
 
 
-@cli.command()
+@cli.command(epilog=EXAMPLES_REPLAY)
 @click.argument("file")
 @click.option("--json", "as_json", is_flag=True, help="Print the recorded frames in top's JSON schema.")
 @click.option("--at", default=None, metavar="TIME",
@@ -189,7 +200,7 @@ def replay(file, as_json, at, maxrows):
     sys.exit(view.run(file, as_json=as_json, at=at, maxrows=maxrows))
 
 
-@cli.command()
+@cli.command(epilog=EXAMPLES_PLOT)
 @click.argument("file")
 @click.option("-o", "--output", required=True, metavar="OUT.html|OUT.svg", help="The picture to write.")
 @handle_errors

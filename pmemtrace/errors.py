@@ -58,8 +58,8 @@ class BadInputFile(PmemtraceError):
 
 
 class BadOutputFile(PmemtraceError):
-    """An output file (record -o, plot -o) that cannot be written: a usage error."""
-    exit_code = 2
+    """An output file (record -o, plot -o) that cannot be written."""
+    exit_code = 14
 
 
 EXIT_CODES = {cls.__name__: cls.exit_code for cls in PmemtraceError.__subclasses__()}

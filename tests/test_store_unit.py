@@ -197,4 +197,4 @@ def test_record_usage_errors(tmp_path):
         store.Writer(str(tmp_path / "no" / "such" / "dir.db"), {}, "6.18", 0.0)
     r = CliRunner().invoke(cli, ["plot", str(FIXTURES / "diff" / "report_split.json"), "-o",
                                  str(tmp_path / "no" / "x.svg")])
-    assert r.exit_code == 2 and r.output.startswith("pmemtrace: plot: cannot write")
+    assert r.exit_code == 14 and r.output.startswith("pmemtrace: plot: cannot write")

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 from .. import kernel, policy as policy_mod, procfs, sampler, vmas as vmas_mod
 from ..errors import KernelThread, NoSuchProcess, NotRoot, ProcessExited
-from ..interval import Model, NoProbes, features_for
+from ..interval import Model, features_for
 from .text import human_bytes
 from . import report
 
@@ -109,9 +109,8 @@ def run(output: str, pids: List[int], comm: Optional[str], all_: bool, interval:
             huge_small = pagemap.huge_small_bytes if pagemap.scan_supported() else None
         except (ImportError, AttributeError, OSError):
             huge_small = None
-        model = Model(exact=exact, pid=one, comm=comm, huge_small=huge_small,
-                      fallbacks_known=("fs_dax:dax_pmd_fault_done" not in missing
-                                       and not isinstance(probes, NoProbes)))
+        fallbacks_known = "dax" in getattr(probes, "features", ()) and "fs_dax:dax_pmd_fault_done" not in missing
+        model = Model(exact=exact, pid=one, comm=comm, huge_small=huge_small, fallbacks_known=fallbacks_known)
         model.procs.tick = lambda: probes.poll(0)
         model.start()
         probes.snapshot()

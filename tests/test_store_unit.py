@@ -1,6 +1,6 @@
 """The record file: crash safety, change-only snapshots, bad files; and replay / diff on it.
-Recording here uses top's Model on the real /proc of this machine without probes (NoProbes):
-no BPF, no root needed beyond reading our own children's smaps."""
+The kill -9 test records a real process with top's Model and no probes (NoProbes); it drives a
+THP workload, so it is in the live tier; tests/test_diff_live.py does the same with the probes."""
 import json
 import os
 import signal
@@ -107,7 +107,7 @@ def arena(build_workload):
     p.wait(timeout=10)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's map_files needs root")
+@pytest.mark.live            # a THP workload, root for map_files: the live tier, under the shared lock
 def test_kill_9_during_record_keeps_every_complete_interval(tmp_path, arena):
     path = tmp_path / "r.db"
     rec = subprocess.Popen([sys.executable, "-c", RECORD_NO_PROBES, str(path), str(arena.pid), "0.2", "-"],

@@ -71,6 +71,12 @@ class Writer:
 
     def write_interval(self, t: float, frame: dict, reports: Dict[int, dict], policy: dict) -> None:
         """One interval, atomically: the frame, the snapshots that changed, the policy if it changed."""
+        try:
+            self._write_interval(t, frame, reports, policy)
+        except sqlite3.Error as e:
+            raise BadOutputFile(f"cannot write the record file {self.path}: {e}") from None
+
+    def _write_interval(self, t: float, frame: dict, reports: Dict[int, dict], policy: dict) -> None:
         self.seq += 1
         text = json.dumps(frame).encode()
         vm = (frame.get("system") or {}).get("vmstat") or {}

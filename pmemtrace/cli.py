@@ -123,5 +123,95 @@ def doctor():
     sys.exit(view.run())
 
 
+EXAMPLES_DIFF = """\b
+Examples:
+  pmemtrace diff base.json 1234                # a saved report --json against the live process
+  pmemtrace diff base.json new.json --fail-on-drop 5   # exit 12 if the huge share fell > 5 points
+  pmemtrace diff run.db new.db --at 30 --json  # record files: the snapshots at 30 s
+"""
+
+
+@cli.command(epilog=EXAMPLES_DIFF)
+@click.argument("base")
+@click.argument("new")
+@click.option("--json", "as_json", is_flag=True, help="Print the diff as JSON (schema 1).")
+@click.option("--fail-on-drop", type=click.FloatRange(min=0), default=None, metavar="PCT",
+              help="Exit 12 when the huge share fell by more than PCT percentage points.")
+@click.option("--at", default=None, metavar="TIME",
+              help="For record files: the snapshot in force at TIME (seconds from the start, or ISO time).")
+@click.option("-p", "--pid", type=int, default=None, help="For record files: the process to compare.")
+@handle_errors
+def diff(base, new, as_json, fail_on_drop, at, pid):
+    """Huge-page coverage of BASE vs NEW (report --json files, record files or live PIDs),
+    VMAs matched by identity, not address."""
+    from .views import diff as view
+    sys.exit(view.run(base, new, as_json=as_json, fail_on_drop=fail_on_drop, at=at, pid=pid))
+
+
+EXAMPLES_RECORD = """\b
+Examples:
+  pmemtrace record -o run.db -p 1234             # until 1234 exits or Ctrl-C
+  pmemtrace record -o run.db --comm redis --duration 3600
+  pmemtrace record -o run.db --all --interval 5
+"""
+
+EXAMPLES_REPLAY = """\b
+Examples:
+  pmemtrace replay run.db                        # top's screen; <- -> step through time
+  pmemtrace replay run.db --json                 # every frame, top's JSON schema
+  pmemtrace replay run.db --at 90 --json         # the frame 90 s into the recording
+"""
+
+EXAMPLES_PLOT = """\b
+Examples:
+  pmemtrace plot run.db -o run.html              # huge share over time per VMA group
+  pmemtrace plot pages.json -o space.svg         # pages --json: the address space in 2 MiB blocks
+"""
+
+
+@cli.command(epilog=EXAMPLES_RECORD)
+@click.option("-o", "--output", required=True, metavar="FILE", help="The record file to write (SQLite).")
+@click.option("-p", "--pid", "pids", type=int, multiple=True, help="Watch this process (repeatable).")
+@click.option("--comm", default=None, help="Watch processes whose comm contains this text.")
+@click.option("--all", "all_", is_flag=True, help="All processes; VMA snapshots of the largest.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, metavar="S")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="Stop after this long (default: Ctrl-C, or when the watched processes exit).")
+@click.option("--exact", is_flag=True, help="Attribute every THP fault by its address, as top --exact.")
+@handle_errors
+def record(output, pids, comm, all_, interval, duration, exact):
+    """Record top's frames and the watched processes' per-VMA snapshots into FILE."""
+    if sum((bool(pids), comm is not None, all_)) != 1:
+        raise click.UsageError("give exactly one of -p PID..., --comm NAME or --all")
+    from .views import record as view
+    sys.exit(view.run(output, list(pids), comm, all_, interval=interval, duration=duration, exact=exact))
+
+
+@cli.command(epilog=EXAMPLES_REPLAY)
+@click.argument("file")
+@click.option("--json", "as_json", is_flag=True, help="Print the recorded frames in top's JSON schema.")
+@click.option("--at", default=None, metavar="TIME",
+              help="Only the frame at TIME (seconds from the start, or ISO time).")
+@click.option("-r", "--maxrows", type=click.IntRange(min=1), default=20, show_default=True, help="Rows to show.")
+@handle_errors
+def replay(file, as_json, at, maxrows):
+    """Show a record file on top's screen, with keys to step through time."""
+    from .views import replay as view
+    sys.exit(view.run(file, as_json=as_json, at=at, maxrows=maxrows))
+
+
+@cli.command(epilog=EXAMPLES_PLOT)
+@click.argument("file")
+@click.option("-o", "--output", required=True, metavar="OUT.html|OUT.svg", help="The picture to write.")
+@handle_errors
+def plot(file, output):
+    """Draw FILE: a record file (huge share over time per VMA group, THP / DAX rates), or a
+    pages / report --json document (the address space in 2 MiB blocks). Self-contained SVG or HTML."""
+    if not output.endswith((".svg", ".html", ".htm")):
+        raise click.BadParameter("must end in .svg or .html", param_hint="-o")
+    from .views import plot as view
+    sys.exit(view.run(file, output))
+
+
 def main():
     cli()

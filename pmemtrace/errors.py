@@ -52,4 +52,14 @@ class ProcFormatError(PmemtraceError, ValueError):
     exit_code = 15
 
 
+class BadInputFile(PmemtraceError):
+    """A file given to diff / replay / plot that is truncated, corrupt or not pmemtrace's."""
+    exit_code = 13
+
+
+class BadOutputFile(PmemtraceError):
+    """An output file (record -o, plot -o) that cannot be written."""
+    exit_code = 14
+
+
 EXIT_CODES = {cls.__name__: cls.exit_code for cls in PmemtraceError.__subclasses__()}

@@ -36,6 +36,7 @@ class Vma:
     thp_eligible: bool
     thp_reason: str
     vmflags: Tuple[str, ...] = ()
+    offset: int = 0               # file offset of start (bytes)
 
     @property
     def size(self) -> int:
@@ -204,7 +205,8 @@ def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None) -> Proce
             huge = smaps_huge_bytes(block)
             small = max(block.get("Rss") - huge, 0)
         vmas.append(Vma(m.start, m.end, m.perms, backing, m.path, rss, huge, small,
-                        facts.dax, "sf" in block.vmflags, eligible, reason, tuple(sorted(block.vmflags))))
+                        facts.dax, "sf" in block.vmflags, eligible, reason, tuple(sorted(block.vmflags)),
+                        m.offset))
     notes += dax_notes(list(dax_res.values()), use_pagemap_scan)
     if not os.path.exists(f"/proc/{pid}"):
         raise ProcessExited(f"pid {pid} exited while being read")

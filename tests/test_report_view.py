@@ -23,7 +23,7 @@ HOSTILE_COMM = "[red]x[/red]\x1b[2J\nevil"
 POLICY = kernel.ThpPolicy("madvise", "madvise", "never", {2 * MIB: "inherit"})
 
 VMA_KEYS = {"start", "end", "perms", "backing", "path", "rss_bytes", "huge_bytes", "small_bytes", "dax",
-            "vm_sync", "thp_eligible", "thp_reason"}
+            "vm_sync", "thp_eligible", "thp_reason", "offset", "vmflags"}
 FAULT_COLUMNS = {"faults", "huge_faults", "dax_pmd_faults", "dax_pte_faults", "dax_fallbacks", "dax_needdsync",
                  "dax_fallback_causes", "map_sync_latency_log2_ns", "madvise"}
 
@@ -95,6 +95,7 @@ def test_json_schema(proc):
         assert isinstance(v["start"], int) and isinstance(v["end"], int) and v["start"] < v["end"]
         assert isinstance(v["vm_sync"], bool) and isinstance(v["thp_eligible"], bool)
     assert "duration" not in data and "unmapped" not in data
+    assert data["policy"]["kernel"] == os.uname().release and isinstance(data["time"], float)
 
 
 def test_json_hides_vmas_without_resident_pages(proc):
@@ -112,7 +113,8 @@ def test_json_values_from_smaps(proc):
     hg = by_start(data, HG)
     assert hg == {"start": HG, "end": HG + 8 * MIB, "perms": "rw-p", "backing": "anon", "path": "",
                   "rss_bytes": 8 * MIB, "huge_bytes": 8 * MIB, "small_bytes": 0, "dax": "none",
-                  "vm_sync": False, "thp_eligible": True, "thp_reason": "MADV_HUGEPAGE on this VMA (VmFlags hg)"}
+                  "vm_sync": False, "thp_eligible": True, "thp_reason": "MADV_HUGEPAGE on this VMA (VmFlags hg)",
+                  "offset": 0, "vmflags": ["ac", "hg", "me", "mr", "mw", "rd", "wr"]}
     nl = [v for v in data["vmas"] if v["path"] == "/tmp/fx/dir/new\nline.bin"][0]
     assert (nl["backing"], nl["rss_bytes"], nl["small_bytes"], nl["perms"]) == ("file", 8 * KIB, 8 * KIB, "rw-s")
     # totals: the whole process, as smaps_rollup-style sums of what is shown

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .. import aggregate, daxcause, kernel, vmas as vmas_mod
+from .. import aggregate, daxcause, kernel, policy as policy_mod, vmas as vmas_mod
 from ..errors import ProcessExited
 from .text import human_bytes, printable
 
@@ -46,7 +46,8 @@ def fault_columns(vc: Optional[aggregate.VmaCounts]) -> Dict[str, object]:
 def vma_dict(v: vmas_mod.Vma) -> dict:
     return {"start": v.start, "end": v.end, "perms": v.perms, "backing": v.backing, "path": v.path,
             "rss_bytes": v.rss_bytes, "huge_bytes": v.huge_bytes, "small_bytes": v.small_bytes,
-            "dax": v.dax, "vm_sync": v.vm_sync, "thp_eligible": v.thp_eligible, "thp_reason": v.thp_reason}
+            "dax": v.dax, "vm_sync": v.vm_sync, "thp_eligible": v.thp_eligible, "thp_reason": v.thp_reason,
+            "offset": v.offset, "vmflags": list(v.vmflags)}
 
 
 def totals(rows: List[vmas_mod.Vma]) -> dict:
@@ -74,6 +75,7 @@ def build_json(proc: vmas_mod.ProcessVmas, show_all: bool, policy: kernel.ThpPol
         "notes": list(proc.notes),
         "vmas": [],
         "totals": totals(rows),
+        "time": time.time(), "policy": policy_mod.read(),
     }
     for v in rows:
         d = vma_dict(v)

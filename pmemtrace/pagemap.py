@@ -489,23 +489,52 @@ def huge_small_bytes(pid: int, start: int, end: int, count_zero_page: bool = Fal
 
 def huge_small_many(pid: int, ranges: Sequence[Tuple[int, int]],
                     count_zero_page: bool = False) -> List[Tuple[int, int]]:
-    """huge_small_bytes for each (start, end) in ``ranges`` (e.g. every VMA), one pagemap fd."""
+    """huge_small_bytes for each (start, end) in ``ranges`` (e.g. every VMA), one pagemap fd.
+
+    Sorted, disjoint ranges (VMAs) are walked with one PAGEMAP_SCAN pass from the first start to
+    the last end, and the regions cut at the range edges: one ioctl per 512 regions rather than
+    one per VMA (60,000 VMAs: 60,000 ioctls). Pages between the ranges are not counted."""
     known = _require_scan()
     mask, inverted = PAGE_IS_PRESENT, 0
     if not count_zero_page:
         mask |= PAGE_IS_PFNZERO
         inverted = PAGE_IS_PFNZERO
+    masks = dict(category_mask=mask, category_inverted=inverted,
+                 return_mask=(PAGE_IS_PRESENT | PAGE_IS_HUGE) & known)
     out = []
     with _pagemap(pid, None) as pm:
+        if _sorted_disjoint(ranges):
+            return split_huge_small(pm.regions(ranges[0][0], ranges[-1][1], **masks) if ranges else [],
+                                    ranges)
         for start, end in ranges:
-            huge = small = 0
-            for s, e, cat in pm.regions(start, end, category_mask=mask, category_inverted=inverted,
-                                        return_mask=(PAGE_IS_PRESENT | PAGE_IS_HUGE) & known):
-                if cat & PAGE_IS_HUGE:
-                    huge += e - s
-                else:
-                    small += e - s
-            out.append((huge, small))
+            out.append(split_huge_small(pm.regions(start, end, **masks), [(start, end)])[0])
+    return out
+
+
+def _sorted_disjoint(ranges: Sequence[Tuple[int, int]]) -> bool:
+    return all(ranges[i][1] <= ranges[i + 1][0] for i in range(len(ranges) - 1))
+
+
+def split_huge_small(regions: Sequence[Tuple[int, int, int]],
+                     ranges: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """(huge bytes, small bytes) of each of the sorted, disjoint ``ranges`` from sorted regions
+    (start, end, categories); the parts of regions outside every range are not counted."""
+    out = []
+    i, n = 0, len(regions)
+    for start, end in ranges:
+        while i < n and regions[i][1] <= start:
+            i += 1
+        huge = small = 0
+        j = i
+        while j < n and regions[j][0] < end:
+            s, e, cat = regions[j]
+            length = min(e, end) - max(s, start)
+            if cat & PAGE_IS_HUGE:
+                huge += length
+            else:
+                small += length
+            j += 1
+        out.append((huge, small))
     return out
 
 

@@ -7,8 +7,9 @@ views escape it before rendering.
 """
 import errno
 import os
+import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from .errors import KernelThread, NoSuchProcess, NotRoot, ProcessExited, ProcFormatError
 
@@ -16,9 +17,8 @@ PROC = "/proc"
 KIB = 1024
 
 
-@dataclass(frozen=True)
-class MapEntry:
-    """One line of /proc/PID/maps."""
+class MapEntry(NamedTuple):
+    """One line of /proc/PID/maps (a tuple: cheap to build for tens of thousands of VMAs)."""
     start: int
     end: int
     perms: str            # e.g. "rw-p"; the 4th char is 's' (shared) or 'p' (private)
@@ -40,11 +40,11 @@ class MapEntry:
         return self.path.endswith(" (deleted)")
 
 
-@dataclass
+@dataclass(slots=True)
 class Smaps:
     """One VMA's block of /proc/PID/smaps: the map line plus its counters (bytes) and VmFlags."""
     map: MapEntry
-    counters: Dict[str, int] = field(default_factory=dict)   # "Rss" -> bytes, "THPeligible" -> 0/1
+    counters: Mapping[str, int] = field(default_factory=dict)   # "Rss" -> bytes, "THPeligible" -> 0/1
     vmflags: frozenset = frozenset()
 
     def get(self, key: str) -> int:
@@ -116,6 +116,193 @@ def parse_smaps(text: str) -> List[Smaps]:
         elif _is_number(value):
             blocks[-1].counters[key] = int(value)
     return blocks
+
+
+# ---------------------------------------------------------------- smaps at scale
+#
+# A process may have tens of thousands of VMAs (vm.max_map_count is 65,530 by default): 60,000
+# VMAs make 43 MB of smaps text, 1.5 million lines. Going through it line by line in Python
+# costs seconds and hundreds of MB. read_smaps() instead reads it in 64 KiB pieces (the kernel
+# is slower with bigger reads), learns the block layout from the first block (the kernel prints
+# the same lines in the same order for every VMA of a read) and matches whole blocks with one
+# regular expression built for that layout, taking only the counters asked for; values are
+# converted to int when read. A piece whose blocks do not all match is parsed line by line.
+
+SMAPS_KEYS = ("Rss", "KernelPageSize", "AnonHugePages", "ShmemPmdMapped", "FilePmdMapped",
+              "Shared_Hugetlb", "Private_Hugetlb", "THPeligible")     # every counter pmemtrace reads
+SMAPS_READ_SIZE = 64 << 10
+SMAPS_PIECE = 1 << 20          # bytes of smaps text parsed at once
+
+
+class _Layout:
+    """Where each counter sits in a block, shared by every block of one read."""
+    __slots__ = ("index", "scale", "requested")
+
+    def __init__(self, index: Dict[str, int], scale: Tuple[int, ...], requested: Optional[frozenset]):
+        self.index, self.scale, self.requested = index, scale, requested
+
+
+class Counters(Mapping):
+    """The counters of one smaps block, read-only: raw digits kept, converted when read (bytes
+    for "kB" lines, as parse_smaps gives them). Only the keys asked of read_smaps are there;
+    asking for another is a KeyError naming the fix, never a silent 0."""
+    __slots__ = ("_layout", "_raw")
+
+    def __init__(self, layout: _Layout, raw: Tuple[bytes, ...]):
+        self._layout, self._raw = layout, raw
+
+    def _missing(self, key: str) -> bool:
+        req = self._layout.requested
+        if req is not None and key not in req:
+            raise KeyError(f"smaps counter {key!r} was not read: add it to read_smaps(keys=...)")
+        return True
+
+    def __getitem__(self, key: str) -> int:
+        i = self._layout.index.get(key)
+        if i is None:
+            self._missing(key)
+            raise KeyError(key)
+        return int(self._raw[i]) * self._layout.scale[i]
+
+    def get(self, key, default=None):
+        i = self._layout.index.get(key)
+        if i is None:
+            self._missing(key)
+            return default
+        return int(self._raw[i]) * self._layout.scale[i]
+
+    def __contains__(self, key) -> bool:
+        return key in self._layout.index
+
+    def __iter__(self):
+        return iter(self._layout.index)
+
+    def __len__(self) -> int:
+        return len(self._layout.index)
+
+    def __repr__(self) -> str:
+        return f"Counters({dict(self)!r})"
+
+
+_HEADER_RE = rb"([0-9a-f]+)-([0-9a-f]+) ([^ \n]+) ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) ([0-9]+) *(.*)\n"
+
+
+def smaps_layout(piece: bytes, keys: Optional[Sequence[str]]):
+    """(compiled block pattern, _Layout) for the blocks of this read, from the first block of
+    ``piece``; None when the text does not look like per-VMA smaps (no VmFlags line)."""
+    end = piece.find(b"\nVmFlags:")
+    if end < 0:
+        return None
+    lines = piece[:end].split(b"\n")[1:]
+    parts = [_HEADER_RE]
+    index: Dict[str, int] = {}
+    scale = []
+    for line in lines:
+        label, sep, rest = line.partition(b":")
+        name = label.decode("ascii", "replace")
+        if not sep or (keys is not None and name not in keys) or name in index:
+            parts.append(rb".+\n")
+            continue
+        index[name] = len(scale)
+        scale.append(KIB if rest.endswith(b" kB") else 1)
+        parts.append(re.escape(label) + rb": *([0-9]+)(?: kB)?\n")
+    parts.append(rb"VmFlags: (.*)\n")
+    requested = frozenset(keys) if keys is not None else None
+    return re.compile(b"".join(parts)), _Layout(index, tuple(scale), requested)
+
+
+def smaps_pieces(chunks: Iterable[bytes], piece: int = SMAPS_PIECE) -> Iterator[bytes]:
+    """Re-cut a stream of smaps reads into pieces of whole blocks (each ends with a VmFlags line)."""
+    buf: List[bytes] = []
+    size = 0
+    for chunk in chunks:
+        buf.append(chunk)
+        size += len(chunk)
+        if size < piece:
+            continue
+        data = b"".join(buf)
+        cut = data.rfind(b"\nVmFlags:")
+        cut = data.find(b"\n", cut + 1) + 1 if cut >= 0 else 0
+        if cut <= 0:
+            buf, size = [data], len(data)
+            continue
+        yield data[:cut]
+        rest = data[cut:]
+        buf, size = ([rest], len(rest)) if rest else ([], 0)
+    if buf:
+        data = b"".join(buf)
+        if data:
+            yield data
+
+
+class SmapsParser:
+    """Turns smaps pieces into Smaps blocks; map fields, paths and VmFlags sets shared between
+    blocks that have equal ones (tens of thousands of VMAs have few distinct values)."""
+
+    def __init__(self, keys: Optional[Sequence[str]] = SMAPS_KEYS):
+        self.keys = keys
+        self.layout = None
+        self._paths: Dict[bytes, str] = {}
+        self._perms: Dict[bytes, str] = {}
+        self._devs: Dict[Tuple[bytes, bytes], Tuple[int, int]] = {}
+        self._flags: Dict[bytes, frozenset] = {}
+        self.slow_pieces = 0         # pieces parsed line by line (the layout did not fit)
+
+    def parse(self, piece: bytes) -> List[Smaps]:
+        if self.layout is None:
+            self.layout = smaps_layout(piece, self.keys)
+        if self.layout is not None:
+            pattern, layout = self.layout
+            rows = pattern.findall(piece)
+            if len(rows) == piece.count(b"\nVmFlags:"):
+                return [self._block(row, layout) for row in rows]
+        self.slow_pieces += 1
+        return parse_smaps(piece.decode("utf-8", "surrogateescape"))
+
+    def _block(self, row: tuple, layout: _Layout) -> Smaps:
+        # row: the header's 8 fields, the counters, VmFlags
+        path, perms, dev, flags = row[7], row[2], (row[4], row[5]), row[-1]
+        p = self._paths.get(path)
+        if p is None:
+            p = self._paths[path] = unescape_path(path.decode("utf-8", "surrogateescape"))
+        pm = self._perms.get(perms)
+        if pm is None:
+            pm = self._perms[perms] = perms.decode("ascii", "surrogateescape")
+        d = self._devs.get(dev)
+        if d is None:
+            d = self._devs[dev] = (int(dev[0], 16), int(dev[1], 16))
+        vf = self._flags.get(flags)
+        if vf is None:
+            vf = self._flags[flags] = frozenset(flags.decode("ascii", "surrogateescape").split())
+        entry = _new_tuple(MapEntry, (int(row[0], 16), int(row[1], 16), pm, int(row[3], 16), d, int(row[6]), p))
+        return Smaps(entry, Counters(layout, row[8:-1]), vf)
+
+
+_new_tuple = tuple.__new__
+
+
+def read_chunks(pid: int, name: str, size: int = SMAPS_READ_SIZE) -> Iterator[bytes]:
+    """/proc/PID/NAME in reads of ``size`` bytes (errors as read_text's)."""
+    path = proc_path(pid, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessExited(f"pid {pid} exited while being read") from None
+    except PermissionError:
+        raise NotRoot(f"permission denied reading /proc/{pid}/{name}: run as root") from None
+    try:
+        while True:
+            try:
+                b = os.read(fd, size)
+            except OSError as e:
+                if e.errno == errno.ESRCH:
+                    raise ProcessExited(f"pid {pid} exited while being read") from None
+                raise
+            if not b:
+                return
+            yield b
+    finally:
+        os.close(fd)
 
 
 def parse_status(text: str) -> Dict[str, str]:
@@ -202,8 +389,13 @@ def read_maps(pid: int) -> List[MapEntry]:
     return parse_maps(read_text(pid, "maps", started=True))
 
 
-def read_smaps(pid: int) -> List[Smaps]:
-    return parse_smaps(read_text(pid, "smaps", started=True))
+def read_smaps(pid: int, keys: Optional[Sequence[str]] = None) -> List[Smaps]:
+    """Every VMA's smaps block: all its counters, or (faster, smaller) only those in ``keys``."""
+    parser = SmapsParser(keys)
+    blocks: List[Smaps] = []
+    for piece in smaps_pieces(read_chunks(pid, "smaps")):
+        blocks += parser.parse(piece)
+    return blocks
 
 
 def read_smaps_rollup(pid: int) -> Dict[str, int]:

@@ -6,8 +6,12 @@ ProcessExited. Text from /proc (comm, paths) is untrusted and returned as is:
 views escape it before rendering.
 """
 import errno
+import fcntl
+import gc
 import os
 import re
+import signal
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -99,11 +103,13 @@ def _is_number(text: str) -> bool:
 def parse_smaps(text: str) -> List[Smaps]:
     """Parse /proc/PID/smaps (or smaps_rollup, whose single header has no VMA)."""
     blocks: List[Smaps] = []
+    counters: Dict[str, int] = {}
     for line in text.splitlines():
         if not line:
             continue
         if _is_map_line(line):
-            blocks.append(Smaps(parse_map_line(line)))
+            counters = {}
+            blocks.append(Smaps(parse_map_line(line), counters))
             continue
         if not blocks:
             continue
@@ -112,9 +118,9 @@ def parse_smaps(text: str) -> List[Smaps]:
         if key == "VmFlags":
             blocks[-1].vmflags = frozenset(value.split())
         elif value.endswith(" kB") and _is_number(value[:-3]):
-            blocks[-1].counters[key] = int(value[:-3]) * KIB
+            counters[key] = int(value[:-3]) * KIB
         elif _is_number(value):
-            blocks[-1].counters[key] = int(value)
+            counters[key] = int(value)
     return blocks
 
 
@@ -132,6 +138,19 @@ SMAPS_KEYS = ("Rss", "KernelPageSize", "AnonHugePages", "ShmemPmdMapped", "FileP
               "Shared_Hugetlb", "Private_Hugetlb", "THPeligible")     # every counter pmemtrace reads
 SMAPS_READ_SIZE = 64 << 10
 SMAPS_PIECE = 1 << 20          # bytes of smaps text parsed at once
+
+
+@contextmanager
+def no_gc():
+    """Pause the cyclic garbage collector while tens of thousands of small acyclic objects are
+    built: its passes over them cost a third of the parsing time and collect nothing."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class _Layout:
@@ -196,7 +215,7 @@ def smaps_layout(piece: bytes, keys: Optional[Sequence[str]]):
     lines = piece[:end].split(b"\n")[1:]
     parts = [_HEADER_RE]
     index: Dict[str, int] = {}
-    scale = []
+    scale: List[int] = []
     for line in lines:
         label, sep, rest = line.partition(b":")
         name = label.decode("ascii", "replace")
@@ -281,28 +300,110 @@ class SmapsParser:
 _new_tuple = tuple.__new__
 
 
-def read_chunks(pid: int, name: str, size: int = SMAPS_READ_SIZE) -> Iterator[bytes]:
-    """/proc/PID/NAME in reads of ``size`` bytes (errors as read_text's)."""
-    path = proc_path(pid, name)
+def _open_proc(pid: int, name: str) -> int:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(proc_path(pid, name), os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, ProcessLookupError):
         raise ProcessExited(f"pid {pid} exited while being read") from None
     except PermissionError:
         raise NotRoot(f"permission denied reading /proc/{pid}/{name}: run as root") from None
+
+
+def _read(fd: int, pid: int, size: int) -> bytes:
     try:
+        return os.read(fd, size)
+    except OSError as e:
+        if e.errno == errno.ESRCH:
+            raise ProcessExited(f"pid {pid} exited while being read") from None
+        raise
+
+
+READ_AHEAD_AFTER = 256 << 10     # a process with more smaps than this (~350 VMAs) is read by a helper
+_PIPE_SIZE = 1 << 20
+_BATCH = 256 << 10
+_CHILD_ESRCH, _CHILD_ERROR = 3, 4
+
+
+def read_chunks(pid: int, name: str, size: int = SMAPS_READ_SIZE,
+                ahead_after: Optional[int] = None) -> Iterator[bytes]:
+    """/proc/PID/NAME in reads of ``size`` bytes (errors as read_text's).
+
+    With ``ahead_after``, once that many bytes came in, a forked helper reads the rest (the
+    same open file, so from the same position) into a pipe while the caller parses what it has:
+    the kernel's work of writing 43 MB of smaps for 60,000 VMAs then runs on another CPU
+    instead of before the parsing. The helper does nothing but read and write, and leaves with
+    os._exit; it dies with the pipe if the caller stops early."""
+    fd = _open_proc(pid, name)
+    try:
+        got = 0
+        while ahead_after is None or got < ahead_after:
+            b = _read(fd, pid, size)
+            if not b:
+                return
+            got += len(b)
+            yield b
+        yield from _read_ahead(fd, pid, size)
+    finally:
+        os.close(fd)
+
+
+def _read_ahead(fd: int, pid: int, size: int) -> Iterator[bytes]:
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+    except (OSError, AttributeError):
+        pass
+    try:
+        child = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
         while True:
-            try:
-                b = os.read(fd, size)
-            except OSError as e:
-                if e.errno == errno.ESRCH:
-                    raise ProcessExited(f"pid {pid} exited while being read") from None
-                raise
+            b = _read(fd, pid, size)
             if not b:
                 return
             yield b
+    if child == 0:                       # the helper: read, write, leave; never return into Python code
+        code = _CHILD_ERROR
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+                signal.signal(sig, signal.SIG_DFL)
+            os.close(r)
+            batch: List[bytes] = []
+            held = 0
+            while True:
+                try:
+                    b = os.read(fd, size)
+                except OSError as e:
+                    code = _CHILD_ESRCH if e.errno == errno.ESRCH else _CHILD_ERROR
+                    break
+                batch.append(b)
+                held += len(b)
+                if held >= _BATCH or not b:          # few big writes: the reader wakes up rarely
+                    os.write(w, b"".join(batch))
+                    batch, held = [], 0
+                if not b:
+                    code = 0
+                    break
+        finally:
+            os._exit(code)
+    os.close(w)
+    status = None
+    try:
+        while True:
+            b = os.read(r, _PIPE_SIZE)
+            if not b:
+                break
+            yield b
+        status = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
     finally:
-        os.close(fd)
+        os.close(r)                      # an early stop: the helper's next write kills it (SIGPIPE)
+        if status is None:
+            os.waitpid(child, 0)
+    if status == _CHILD_ESRCH:
+        raise ProcessExited(f"pid {pid} exited while being read")
+    if status != 0:
+        raise OSError(f"reading /proc/{pid}: helper exited with {status}")
 
 
 def parse_status(text: str) -> Dict[str, str]:
@@ -389,16 +490,19 @@ def read_maps(pid: int) -> List[MapEntry]:
     return parse_maps(read_text(pid, "maps", started=True))
 
 
-def read_smaps(pid: int, keys: Optional[Sequence[str]] = None) -> List[Smaps]:
-    """Every VMA's smaps block: all its counters, or (faster, smaller) only those in ``keys``."""
+def read_smaps(pid: int, keys: Optional[Sequence[str]] = None, read_ahead: bool = False) -> List[Smaps]:
+    """Every VMA's smaps block: all its counters, or (faster, smaller) only those in ``keys``.
+    ``read_ahead``: a big smaps is read by a helper process while this one parses (read_chunks)."""
     parser = SmapsParser(keys)
     blocks: List[Smaps] = []
-    for piece in smaps_pieces(read_chunks(pid, "smaps")):
-        blocks += parser.parse(piece)
+    ahead = READ_AHEAD_AFTER if read_ahead else None
+    with no_gc():
+        for piece in smaps_pieces(read_chunks(pid, "smaps", ahead_after=ahead)):
+            blocks += parser.parse(piece)
     return blocks
 
 
-def read_smaps_rollup(pid: int) -> Dict[str, int]:
+def read_smaps_rollup(pid: int) -> Mapping[str, int]:
     blocks = parse_smaps(read_text(pid, "smaps_rollup", started=True))
     return blocks[0].counters if blocks else {}
 

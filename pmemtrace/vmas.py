@@ -172,7 +172,13 @@ class ProcessVmas:
 
 
 def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None) -> ProcessVmas:
-    """Every VMA of pid with its facts; raises NoSuchProcess / ProcessExited / KernelThread.
+    """Every VMA of pid with its facts; raises NoSuchProcess / ProcessExited / KernelThread."""
+    with procfs.no_gc():
+        return _describe_process(pid, use_pagemap_scan)
+
+
+def _describe_process(pid: int, use_pagemap_scan: Optional[bool]) -> ProcessVmas:
+    """describe_process, with the cyclic GC paused.
 
     Built for tens of thousands of VMAs: the file facts (stat, statx, statfs through map_files)
     are read once per (device, inode), the pure classifications are computed once per distinct
@@ -186,7 +192,7 @@ def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None) -> Proce
     source = SOURCE_PAGEMAP_SCAN if use_pagemap_scan else SOURCE_SMAPS
     notes = []
     vmas = []
-    blocks = procfs.read_smaps(pid, DESCRIBE_KEYS)
+    blocks = procfs.read_smaps(pid, DESCRIBE_KEYS, read_ahead=True)
     files: Dict[Tuple[Tuple[int, int], int], FileFacts] = {}
     none = FileFacts()
 
@@ -205,10 +211,10 @@ def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None) -> Proce
     for b, f in zip(blocks, facts_of):
         m = b.map
         # classify_backing reads only these facts of the VMA
-        key = (m.path, m.inode == 0, m.shared, b.vmflags, f)
-        backing = backings.get(key)
+        backing_key = (m.path, m.inode == 0, m.shared, b.vmflags, f)
+        backing = backings.get(backing_key)
         if backing is None:
-            backing = backings[key] = classify_backing(m, b.vmflags, f)
+            backing = backings[backing_key] = classify_backing(m, b.vmflags, f)
         backing_of.append(backing)
     # [vsyscall] lies outside the user address space, where PAGEMAP_SCAN refuses to walk
     walk = [i for i, backing in enumerate(backing_of) if use_pagemap_scan and backing != "special"]

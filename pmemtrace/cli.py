@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from . import __version__
+from . import __version__, signals
 from .errors import PmemtraceError
 from .interval import SORT_KEYS as TOP_SORT_KEYS
 
@@ -76,8 +76,11 @@ def cli():
 @handle_errors
 def report(pid, show_all, as_json, duration, ebpf):
     """One row per VMA of PID: RSS, bytes mapped huge / small, DAX, VM_SYNC, THP eligibility."""
+    if duration is not None:
+        signals.install()        # SIGINT/SIGTERM: detach cleanly, one line, exit 130/143 (pmemtrace.signals)
     from .views import report as view
     view.run(pid, show_all=show_all, as_json=as_json, duration=duration, ebpf=ebpf)
+    signals.check()
 
 
 @cli.command(epilog=EXAMPLES_TOP)
@@ -96,6 +99,7 @@ def report(pid, show_all, as_json, duration, ebpf):
 @handle_errors
 def top(interval, count, noclear, maxrows, sort_key, pid, comm, dax_only, exact, as_json, ebpf):
     """Live huge-page vs small-page faults, per process (or per VMA with -p)."""
+    signals.install()            # SIGINT/SIGTERM at any moment: detach cleanly, exit 0 (pmemtrace.signals)
     from .views import top as view
     view.run(interval=interval, count=count, noclear=noclear, maxrows=maxrows, sort_key=sort_key,
              pid=pid, comm=comm, dax_only=dax_only, exact=exact, as_json=as_json, ebpf=ebpf)

@@ -25,7 +25,7 @@ hold the previous sample.
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Mapping, Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import kernel, procfs
 from .procfs import StatLine
@@ -82,7 +82,7 @@ class HugeBytes:
         return self.huge / total if total else 0.0
 
 
-def huge_from_counters(c: Dict[str, int]) -> HugeBytes:
+def huge_from_counters(c: Mapping[str, int]) -> HugeBytes:
     """From smaps / smaps_rollup counters (bytes), as procfs.parse_smaps returns them."""
     return HugeBytes(c.get("AnonHugePages", 0), c.get("ShmemPmdMapped", 0), c.get("FilePmdMapped", 0),
                      c.get("Shared_Hugetlb", 0) + c.get("Private_Hugetlb", 0), c.get("Rss", 0))

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .. import aggregate, daxcause, jsonout, kernel, procfs, vmas as vmas_mod
+from .. import aggregate, daxcause, jsonout, kernel, procfs, signals, vmas as vmas_mod
 from ..errors import ProcessExited
 from .text import human_bytes, printable
 
@@ -174,13 +174,14 @@ def observe(pid: int, duration: float, ebpf: bool):
         # like bcc tools: say when tracing starts (on stderr, so --json stays clean)
         print(f"Tracing pid {pid} for {duration:g}s...", file=sys.stderr, flush=True)
         deadline = time.monotonic() + duration
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            probes.poll(int(min(left, 0.2) * 1000))
-            if not os.path.exists(f"/proc/{pid}"):
-                raise ProcessExited(f"pid {pid} exited during the {duration:g}s observation")
+        with signals.interruptible():           # SIGINT/SIGTERM: detach (with probes) and exit 130/143
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                probes.poll(int(min(left, 0.2) * 1000))
+                if not os.path.exists(f"/proc/{pid}"):
+                    raise ProcessExited(f"pid {pid} exited during the {duration:g}s observation")
         counts = probes.snapshot()
     return counts, probes.missing
 

@@ -4,6 +4,7 @@ Every command's work lives in pmemtrace/views/<command>.py; this module only wir
 options to those functions and owns the one place that prints an error and exits.
 """
 import functools
+import signal
 import sys
 
 import click
@@ -127,5 +128,12 @@ def doctor():
     sys.exit(view.run())
 
 
+def _quiet_exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def main():
+    # Ctrl-C before (or without) a command's own handling leaves quietly, 130, not with a traceback;
+    # top and report --duration then install pmemtrace.signals.
+    signal.signal(signal.SIGINT, _quiet_exit)
     cli()

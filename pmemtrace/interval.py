@@ -347,7 +347,14 @@ class Model:
         index = aggregate.VmaIndex((d.start, d.end) for d in deltas)
         bpf = aggregate.per_vma(counts, self.detail, index, kernel.pmd_size())
         rows = []
+        # a VMA the sampler saw unchanged (same VmaDelta object) and the probes did not see: last row
+        cache, self._row_cache = getattr(self, "_row_cache", {}), {}
         for d in deltas:
+            hit = cache.get(id(d))
+            if hit is not None and hit[0] is d and d.start not in bpf:
+                self._row_cache[id(d)] = hit
+                rows.append(hit[1])
+                continue
             m = procfs.MapEntry(d.start, d.end, d.perms, 0, d.dev, d.inode, d.path)
             dax = self._dax_of(m) if m.inode else "none"
             huge_b, small_b = d.huge_bytes, d.small_bytes
@@ -370,6 +377,8 @@ class Model:
             row = self._vma_row(d.start, d.end, d.perms, vma_backing(d, dax), d.path, huge_b, small_b,
                                 faults, huge, dax, d.vm_sync, vc)
             row["resident_pages_gained"] = d.faults
+            if dax == "none" and d.start not in bpf:
+                self._row_cache[id(d)] = (d, row)
             rows.append(row)
         if aggregate.UNMAPPED in bpf:
             vc = bpf[aggregate.UNMAPPED]

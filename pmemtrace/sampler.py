@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import kernel, procfs
+from .errors import PmemtraceError
 from .procfs import StatLine
 
 KIB = 1024
@@ -385,6 +386,7 @@ def vma_deltas(prev: Optional[List[VmaState]], cur: List[VmaState], pmd: int, hu
     return out
 
 
+FULL_EVERY = 5.0       # seconds: smaps is read at least this often even when nothing seems to change
 VMA_KEYS = ("Rss", "AnonHugePages", "ShmemPmdMapped", "FilePmdMapped", "Shared_Hugetlb", "Private_Hugetlb")
 
 
@@ -405,13 +407,45 @@ class VmaSampler:
     def __init__(self, pid: int, read_smaps: Optional[Callable[..., List[procfs.Smaps]]] = None):
         self.pid = pid
         self.read_smaps = read_smaps if read_smaps is not None else _read_vma_smaps
+        self.detect_quiet = read_smaps is None     # an injected reader (tests) is always read
         self.pmd = kernel.pmd_size()
         self.hugetlb_page = default_hugetlb_size()
         self.prev: Optional[List[VmaState]] = None
         self._seen: Dict[int, Tuple[tuple, VmaState, VmaDelta]] = {}    # start -> key, state, zero delta
+        self._signature: Optional[tuple] = None
+        self._full_at = 0.0
+        self._zeros: List[VmaDelta] = []
+
+    def _quiet(self) -> Optional[tuple]:
+        """What tells an interval in which none of the process's pages changed: its fault counts
+        (/proc/PID/stat) and its smaps_rollup counters (collapses, reclaim, unmaps move them
+        without a fault). Cheap: 20 ms of smaps_rollup for 60,000 VMAs, against 0.4 s of smaps."""
+        st = procfs.read_stat(self.pid)
+        if st is None:
+            return None
+        try:
+            rollup = procfs.read_smaps_rollup(self.pid)
+        except PmemtraceError:
+            return None
+        return (st.starttime, st.minflt, st.majflt, tuple(rollup.get(k, 0) for k in VMA_KEYS))
 
     def sample(self) -> List[VmaDelta]:
-        """Raises ProcessExited when the process is gone."""
+        """Raises ProcessExited when the process is gone.
+
+        When neither the faults nor the rollup of the process moved, smaps is not read again (for
+        up to FULL_EVERY seconds): every VMA's delta is zero. A VMA split or merged by mprotect
+        alone, with no page touched, then shows at the next full read."""
+        signature = self._quiet() if self.detect_quiet else None
+        now = time.monotonic()
+        if (self.prev is not None and signature is not None and signature == self._signature
+                and now - self._full_at < FULL_EVERY):
+            return self._zeros
+        self._signature, self._full_at = signature, now
+        out = self._sample()
+        self._zeros = [self._seen[d.start][2] for d in out]
+        return out
+
+    def _sample(self) -> List[VmaDelta]:
         with procfs.no_gc():
             blocks = self.read_smaps(self.pid)
             keys = [_block_key(b) for b in blocks]

@@ -318,7 +318,7 @@ def _read(fd: int, pid: int, size: int) -> bytes:
         raise
 
 
-READ_AHEAD_AFTER = 256 << 10     # a process with more smaps than this (~350 VMAs) is read by a helper
+READ_AHEAD_AFTER = 4 << 20      # a process with more smaps than this (~5,500 VMAs) is read by a helper
 _PIPE_SIZE = 1 << 20
 _BATCH = 256 << 10
 _CHILD_ESRCH, _CHILD_ERROR = 3, 4

@@ -262,9 +262,8 @@ class SmapsParser:
         self.keys = keys
         self.layout = None
         self._paths: Dict[bytes, str] = {}
-        self._perms: Dict[bytes, str] = {}
-        self._devs: Dict[Tuple[bytes, bytes], Tuple[int, int]] = {}
         self._flags: Dict[bytes, frozenset] = {}
+        self._shared: Dict[tuple, tuple] = {}     # (perms, major, minor, path, flags) -> decoded
         self.slow_pieces = 0         # pieces parsed line by line (the layout did not fit)
 
     def parse(self, piece: bytes) -> List[Smaps]:
@@ -279,22 +278,23 @@ class SmapsParser:
         return parse_smaps(piece.decode("utf-8", "surrogateescape"))
 
     def _block(self, row: tuple, layout: _Layout) -> Smaps:
-        # row: the header's 8 fields, the counters, VmFlags
-        path, perms, dev, flags = row[7], row[2], (row[4], row[5]), row[-1]
+        # row: the header's 8 fields, the counters, VmFlags; the text fields looked up at once
+        key = (row[2], row[4], row[5], row[7], row[-1])
+        shared = self._shared.get(key)
+        if shared is None:
+            shared = self._shared[key] = self._decode(*key)
+        pm, d, p, vf = shared
+        entry = _new_tuple(MapEntry, (int(row[0], 16), int(row[1], 16), pm, int(row[3], 16), d, int(row[6]), p))
+        return Smaps(entry, Counters(layout, row[8:-1]), vf)
+
+    def _decode(self, perms: bytes, major: bytes, minor: bytes, path: bytes, flags: bytes) -> tuple:
         p = self._paths.get(path)
         if p is None:
             p = self._paths[path] = unescape_path(path.decode("utf-8", "surrogateescape"))
-        pm = self._perms.get(perms)
-        if pm is None:
-            pm = self._perms[perms] = perms.decode("ascii", "surrogateescape")
-        d = self._devs.get(dev)
-        if d is None:
-            d = self._devs[dev] = (int(dev[0], 16), int(dev[1], 16))
         vf = self._flags.get(flags)
         if vf is None:
             vf = self._flags[flags] = frozenset(flags.decode("ascii", "surrogateescape").split())
-        entry = _new_tuple(MapEntry, (int(row[0], 16), int(row[1], 16), pm, int(row[3], 16), d, int(row[6]), p))
-        return Smaps(entry, Counters(layout, row[8:-1]), vf)
+        return (perms.decode("ascii", "surrogateescape"), (int(major, 16), int(minor, 16)), p, vf)
 
 
 _new_tuple = tuple.__new__

@@ -77,11 +77,15 @@ def cli():
 @handle_errors
 def report(pid, show_all, as_json, duration, ebpf):
     """One row per VMA of PID: RSS, bytes mapped huge / small, DAX, VM_SYNC, THP eligibility."""
-    if duration is not None:
-        signals.install()        # SIGINT/SIGTERM: detach cleanly, one line, exit 130/143 (pmemtrace.signals)
-    from .views import report as view
-    view.run(pid, show_all=show_all, as_json=as_json, duration=duration, ebpf=ebpf)
-    signals.check()
+    # SIGINT/SIGTERM: detach cleanly, one line, exit 130/143 (pmemtrace.signals)
+    installed = signals.install() if duration is not None else False
+    try:
+        from .views import report as view
+        view.run(pid, show_all=show_all, as_json=as_json, duration=duration, ebpf=ebpf)
+        signals.check()
+    finally:
+        if installed:
+            signals.uninstall()
 
 
 @cli.command(epilog=EXAMPLES_TOP)
@@ -100,10 +104,14 @@ def report(pid, show_all, as_json, duration, ebpf):
 @handle_errors
 def top(interval, count, noclear, maxrows, sort_key, pid, comm, dax_only, exact, as_json, ebpf):
     """Live huge-page vs small-page faults, per process (or per VMA with -p)."""
-    signals.install()            # SIGINT/SIGTERM at any moment: detach cleanly, exit 0 (pmemtrace.signals)
-    from .views import top as view
-    view.run(interval=interval, count=count, noclear=noclear, maxrows=maxrows, sort_key=sort_key,
-             pid=pid, comm=comm, dax_only=dax_only, exact=exact, as_json=as_json, ebpf=ebpf)
+    installed = signals.install()    # SIGINT/SIGTERM at any moment: detach cleanly, exit 0 (pmemtrace.signals)
+    try:
+        from .views import top as view
+        view.run(interval=interval, count=count, noclear=noclear, maxrows=maxrows, sort_key=sort_key,
+                 pid=pid, comm=comm, dax_only=dax_only, exact=exact, as_json=as_json, ebpf=ebpf)
+    finally:
+        if installed:
+            signals.uninstall()
 
 
 @cli.command(epilog=EXAMPLES_PAGES)

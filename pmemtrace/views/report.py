@@ -7,11 +7,10 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:                    # rich is imported where text is drawn: --json needs none of it
+    from rich.console import Console
 
 from .. import aggregate, daxcause, jsonout, kernel, procfs, signals, vmas as vmas_mod
 from ..errors import ProcessExited
@@ -109,7 +108,9 @@ def yes_no(b: bool) -> str:
     return "yes" if b else "no"
 
 
-def render(console: Console, data: dict) -> None:
+def render(console: "Console", data: dict) -> None:
+    from rich.table import Table
+    from rich.text import Text
     thp = data["thp"]
     header = Text.assemble(
         ("pid ", "bold"), str(data["pid"]), "  ", ("comm ", "bold"), printable(data["comm"]), "  ",
@@ -186,8 +187,9 @@ def observe(pid: int, duration: float, ebpf: bool):
     return counts, probes.missing
 
 
-def make_console() -> Console:
+def make_console() -> "Console":
     """A terminal gets rich's own width; a pipe gets lines wide enough not to cut columns."""
+    from rich.console import Console
     console = Console()
     return console if console.is_terminal else Console(width=250)
 

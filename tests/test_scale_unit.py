@@ -106,3 +106,20 @@ def test_scan_split_equals_one_scan_per_range(monkeypatch):
     one_by_one = [pagemap.scan(1, lo, hi, f, pmap=FakePageMap(regions)) for lo, hi, f in ranges]
     assert split == one_by_one
     assert [r.start for r in split[1]] == [4 * K, 8 * K]        # cut at the VMA edges
+
+
+def test_fast_page_run_is_a_page_run():
+    import dataclasses
+    assert tuple(f.name for f in dataclasses.fields(pagemap.PageRun))[2:] == pagemap._STATE_FIELDS
+    st = (True, False, 4096, "anon", True, None, False, False, False, None)
+    fast, slow = pagemap._page_run(0, 4096, st), pagemap.PageRun(0, 4096, *st)
+    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+
+
+def test_section_run_dicts_equal_run_dict():
+    from pmemtrace.views import pages
+    st = (True, True, 2 << 20, "anon", True, None, False, False, False, None)
+    runs = [pagemap.PageRun(0, 2 << 20, *st), pagemap.PageRun(2 << 20, 4 << 20, *st)]
+    block = procfs.Smaps(procfs.MapEntry(0, 4 << 20, "rw-p", 0, (0, 0), 0, ""))
+    sec = pages.Section(block, 0, 4 << 20, pagemap.VmaFacts("anon"), runs)
+    assert pages.section_run_dicts(sec) == [dict(pages.run_dict(r), vma_start=0) for r in runs]

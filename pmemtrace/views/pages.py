@@ -242,8 +242,12 @@ def section_vma_dict(sec: Section) -> dict:
 
 
 def section_run_dicts(sec: Section) -> List[dict]:
-    start = sec.block.map.start
-    return [dict(run_dict(r), vma_start=start) for r in sec.runs]
+    """run_dict of each run plus "vma_start" (built in one go: 60,000 VMAs have 60,000 runs or more)."""
+    vma = sec.block.map.start
+    return [{"start": r.start, "end": r.end, "length": r.end - r.start, "present": r.present,
+             "page_size": r.page_size, "huge": r.huge, "kind": r.kind, "written": r.written,
+             "soft_dirty": r.soft_dirty, "file": r.file, "swapped": r.swapped,
+             "zero_pfn": r.zero_pfn, "guard": r.guard, "vma_start": vma} for r in sec.runs]
 
 
 def to_json(pid: int, source: str, sections: Sequence[Section], notes: Sequence[str] = ()) -> dict:

@@ -95,7 +95,7 @@ def _vma_set_changers(counts: aggregate.ProbeCounts) -> Dict[int, str]:
 class VmaCountCache:
     """DAX and VM_SYNC VMA counts per process, re-read when stale or after mmap/munmap."""
 
-    def __init__(self, read_smaps=procfs.read_smaps, refresh: float = VMA_REFRESH_SECONDS,
+    def __init__(self, read_smaps=procfs.read_smaps_layout_only, refresh: float = VMA_REFRESH_SECONDS,
                  clock: Callable[[], float] = time.monotonic):
         self.read_smaps, self.refresh, self.clock = read_smaps, refresh, clock
         self.cache: Dict[int, tuple] = {}
@@ -344,7 +344,10 @@ class Model:
     def _vma_rows(self, counts: aggregate.ProbeCounts) -> List[dict]:
         assert self.vmas is not None and self.detail is not None
         deltas = self.vmas.sample()
-        index = aggregate.VmaIndex((d.start, d.end) for d in deltas)
+        last = getattr(self, "_index_of", None)     # the sampler's same list: the same VMAs
+        index = last[1] if last is not None and last[0] is deltas else aggregate.VmaIndex(
+            (d.start, d.end) for d in deltas)
+        self._index_of = (deltas, index)
         bpf = aggregate.per_vma(counts, self.detail, index, kernel.pmd_size())
         rows = []
         # a VMA the sampler saw unchanged (same VmaDelta object) and the probes did not see: last row

@@ -193,6 +193,11 @@ class Counters(Mapping):
     def __contains__(self, key) -> bool:
         return key in self._layout.index
 
+    def raw(self) -> tuple:
+        """The counters as read (digits), in layout order: equal raws, equal counters (a cheap
+        change test for samplers)."""
+        return self._raw
+
     def __iter__(self):
         return iter(self._layout.index)
 
@@ -500,6 +505,11 @@ def read_smaps(pid: int, keys: Optional[Sequence[str]] = None, read_ahead: bool 
         for piece in smaps_pieces(read_chunks(pid, "smaps", ahead_after=ahead)):
             blocks += parser.parse(piece)
     return blocks
+
+
+def read_smaps_layout_only(pid: int) -> List[Smaps]:
+    """smaps with no counter: map lines and VmFlags (what DAX / VM_SYNC counts need)."""
+    return read_smaps(pid, ())
 
 
 def read_smaps_rollup(pid: int) -> Mapping[str, int]:

@@ -393,7 +393,8 @@ VMA_KEYS = ("Rss", "AnonHugePages", "ShmemPmdMapped", "FilePmdMapped", "Shared_H
 def _block_key(b: procfs.Smaps) -> tuple:
     """Everything a VmaState is made of: equal keys, equal states."""
     c = b.counters
-    return (b.map, b.vmflags, tuple(c.get(k, 0) for k in VMA_KEYS))
+    raw = c.raw() if isinstance(c, procfs.Counters) else tuple(c.get(k, 0) for k in VMA_KEYS)
+    return (b.map, b.vmflags, raw)
 
 
 class VmaSampler:

@@ -144,4 +144,8 @@ def main():
     # Ctrl-C before (or without) a command's own handling leaves quietly, 130, not with a traceback;
     # top and report --duration then install pmemtrace.signals.
     signal.signal(signal.SIGINT, _quiet_exit)
-    cli()
+    signals.keep_until_exit()     # top / report --duration keep recording signals to the end...
+    try:
+        cli()
+    finally:
+        signals.ignore_from_now()  # ...and a signal while Python exits does not change the exit code

@@ -23,9 +23,20 @@ class _State:
     raised = False                     # Interrupted was raised once already: later signals only recorded
     armed = 0                          # depth of interruptible() blocks
     installed = False
+    keep_until_exit = False            # cli.main: stay recording until the process ignores signals at exit
 
 
 _state = _State()
+
+
+def keep_until_exit() -> None:
+    _state.keep_until_exit = True
+
+
+def ignore_from_now() -> None:
+    """The process is leaving: a signal now must not kill it (its exit code is decided)."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _interrupted(signum: int) -> Interrupted:
@@ -56,7 +67,10 @@ def install() -> bool:
 
 
 def uninstall() -> None:
-    """The handlers from before install()."""
+    """The handlers from before install(); nothing when the process keeps them to its end
+    (keep_until_exit: the real command line, see cli.main)."""
+    if _state.keep_until_exit:
+        return
     for sig, old in _saved.items():
         signal.signal(sig, old)
     _saved.clear()

@@ -4,11 +4,12 @@ Every command's work lives in pmemtrace/views/<command>.py; this module only wir
 options to those functions and owns the one place that prints an error and exits.
 """
 import functools
+import signal
 import sys
 
 import click
 
-from . import __version__
+from . import __version__, signals
 from .errors import PmemtraceError
 from .interval import SORT_KEYS as TOP_SORT_KEYS
 
@@ -76,8 +77,15 @@ def cli():
 @handle_errors
 def report(pid, show_all, as_json, duration, ebpf):
     """One row per VMA of PID: RSS, bytes mapped huge / small, DAX, VM_SYNC, THP eligibility."""
-    from .views import report as view
-    view.run(pid, show_all=show_all, as_json=as_json, duration=duration, ebpf=ebpf)
+    # SIGINT/SIGTERM: detach cleanly, one line, exit 130/143 (pmemtrace.signals)
+    installed = signals.install() if duration is not None else False
+    try:
+        from .views import report as view
+        view.run(pid, show_all=show_all, as_json=as_json, duration=duration, ebpf=ebpf)
+        signals.check()
+    finally:
+        if installed:
+            signals.uninstall()
 
 
 @cli.command(epilog=EXAMPLES_TOP)
@@ -96,9 +104,14 @@ def report(pid, show_all, as_json, duration, ebpf):
 @handle_errors
 def top(interval, count, noclear, maxrows, sort_key, pid, comm, dax_only, exact, as_json, ebpf):
     """Live huge-page vs small-page faults, per process (or per VMA with -p)."""
-    from .views import top as view
-    view.run(interval=interval, count=count, noclear=noclear, maxrows=maxrows, sort_key=sort_key,
-             pid=pid, comm=comm, dax_only=dax_only, exact=exact, as_json=as_json, ebpf=ebpf)
+    installed = signals.install()    # SIGINT/SIGTERM at any moment: detach cleanly, exit 0 (pmemtrace.signals)
+    try:
+        from .views import top as view
+        view.run(interval=interval, count=count, noclear=noclear, maxrows=maxrows, sort_key=sort_key,
+                 pid=pid, comm=comm, dax_only=dax_only, exact=exact, as_json=as_json, ebpf=ebpf)
+    finally:
+        if installed:
+            signals.uninstall()
 
 
 @cli.command(epilog=EXAMPLES_PAGES)
@@ -213,5 +226,16 @@ def plot(file, output):
     sys.exit(view.run(file, output))
 
 
+def _quiet_exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def main():
-    cli()
+    # Ctrl-C before (or without) a command's own handling leaves quietly, 130, not with a traceback;
+    # top and report --duration then install pmemtrace.signals.
+    signal.signal(signal.SIGINT, _quiet_exit)
+    signals.keep_until_exit()     # top / report --duration keep recording signals to the end...
+    try:
+        cli()
+    finally:
+        signals.ignore_from_now()  # ...and a signal while Python exits does not change the exit code

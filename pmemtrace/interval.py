@@ -95,7 +95,7 @@ def _vma_set_changers(counts: aggregate.ProbeCounts) -> Dict[int, str]:
 class VmaCountCache:
     """DAX and VM_SYNC VMA counts per process, re-read when stale or after mmap/munmap."""
 
-    def __init__(self, read_smaps=procfs.read_smaps, refresh: float = VMA_REFRESH_SECONDS,
+    def __init__(self, read_smaps=procfs.read_smaps_layout_only, refresh: float = VMA_REFRESH_SECONDS,
                  clock: Callable[[], float] = time.monotonic):
         self.read_smaps, self.refresh, self.clock = read_smaps, refresh, clock
         self.cache: Dict[int, tuple] = {}
@@ -344,10 +344,20 @@ class Model:
     def _vma_rows(self, counts: aggregate.ProbeCounts) -> List[dict]:
         assert self.vmas is not None and self.detail is not None
         deltas = self.vmas.sample()
-        index = aggregate.VmaIndex((d.start, d.end) for d in deltas)
+        last = getattr(self, "_index_of", None)     # the sampler's same list: the same VMAs
+        index = last[1] if last is not None and last[0] is deltas else aggregate.VmaIndex(
+            (d.start, d.end) for d in deltas)
+        self._index_of = (deltas, index)
         bpf = aggregate.per_vma(counts, self.detail, index, kernel.pmd_size())
         rows = []
+        # a VMA the sampler saw unchanged (same VmaDelta object) and the probes did not see: last row
+        cache, self._row_cache = getattr(self, "_row_cache", {}), {}
         for d in deltas:
+            hit = cache.get(id(d))
+            if hit is not None and hit[0] is d and d.start not in bpf:
+                self._row_cache[id(d)] = hit
+                rows.append(hit[1])
+                continue
             m = procfs.MapEntry(d.start, d.end, d.perms, 0, d.dev, d.inode, d.path)
             dax = self._dax_of(m) if m.inode else "none"
             huge_b, small_b = d.huge_bytes, d.small_bytes
@@ -370,6 +380,8 @@ class Model:
             row = self._vma_row(d.start, d.end, d.perms, vma_backing(d, dax), d.path, huge_b, small_b,
                                 faults, huge, dax, d.vm_sync, vc)
             row["resident_pages_gained"] = d.faults
+            if dax == "none" and d.start not in bpf:
+                self._row_cache[id(d)] = (d, row)
             rows.append(row)
         if aggregate.UNMAPPED in bpf:
             vc = bpf[aggregate.UNMAPPED]

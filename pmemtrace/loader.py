@@ -61,7 +61,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from . import btf, headers, kernel
+from . import btf, headers, kernel, signals
 from .aggregate import (DAX_OUTCOMES, EVENT_DAX_FALLBACK, EVENT_MADVISE, EVENT_MMAP, EVENT_MUNMAP,
                         LOST_REASONS, MADVISE_NAMES, MincoreStats, ProbeCounts)
 from .errors import BccMissing, NotRoot, ProbeLoadFailed
@@ -368,6 +368,16 @@ class Probes:
 
     # -- lifecycle
     def start(self) -> "Probes":
+        """Compile, load and attach. A SIGINT/SIGTERM meanwhile (pmemtrace.signals) lets the attach
+        finish, then detaches and raises Interrupted: bcc is never cut off half-way."""
+        with signals.deferred():
+            self._start()
+        if signals.received() is not None:
+            self.close()
+            signals.check()
+        return self
+
+    def _start(self) -> None:
         os.environ.update(self.headers.bcc_env())
         bcc = import_bcc()
         try:
@@ -391,7 +401,6 @@ class Probes:
         except Exception as e:
             self.close()
             raise ProbeLoadFailed(f"attaching probes failed: {e}") from None
-        return self
 
     def __enter__(self):
         return self.start()
@@ -400,11 +409,13 @@ class Probes:
         self.close()
 
     def close(self) -> None:
-        if self.bpf is not None:
-            try:
-                self.bpf.cleanup()
-            finally:
-                self.bpf = None
+        """Detach everything; a signal meanwhile waits (bcc's cleanup must not be cut off)."""
+        with signals.deferred():
+            if self.bpf is not None:
+                try:
+                    self.bpf.cleanup()
+                finally:
+                    self.bpf = None
 
     # -- reading
     def _has_table(self, name: str) -> bool:

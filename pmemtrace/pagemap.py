@@ -194,19 +194,35 @@ def run_page_size(huge: bool, facts: VmaFacts) -> int:
 
 
 def classify(regions: Iterable[Tuple[int, int, int]], facts: VmaFacts = VmaFacts(),
-             known: int = 0x1FF) -> List[PageRun]:
-    """PAGEMAP_SCAN regions -> PageRuns. ``known``: the categories this kernel reports."""
-    states: Dict[int, tuple] = {}     # categories -> state tuple (few distinct values)
+             known: int = 0x1FF, states: Optional[dict] = None) -> List[PageRun]:
+    """PAGEMAP_SCAN regions -> PageRuns. ``known``: the categories this kernel reports.
+    ``states``: a cache of region_state shared by the calls of one scan (few distinct values)."""
+    if states is None:
+        states = {}
     out: List[Tuple[int, int, tuple]] = []
     for start, end, cat in regions:
-        st = states.get(cat)
+        st = states.get((cat, facts))
         if st is None:
-            st = states[cat] = region_state(cat, facts, known)
+            st = states[(cat, facts)] = region_state(cat, facts, known)
         if out and out[-1][1] == start and out[-1][2] == st:
             out[-1] = (out[-1][0], end, st)
         else:
             out.append((start, end, st))
-    return [PageRun(s, e, *st) for s, e, st in out]
+    return [_page_run(s, e, st) for s, e, st in out]
+
+
+_STATE_FIELDS = ("present", "huge", "page_size", "kind", "written", "soft_dirty", "file", "swapped",
+                 "zero_pfn", "guard")       # PageRun's fields after start, end: PageRun.state
+
+
+def _page_run(start: int, end: int, st: tuple) -> PageRun:
+    """PageRun(start, end, *st) without the frozen dataclass's per-field object.__setattr__ calls
+    (a third of pages' time at 60,000 VMAs); the instance is the same."""
+    r = object.__new__(PageRun)
+    d = r.__dict__
+    d["start"], d["end"] = start, end
+    d.update(zip(_STATE_FIELDS, st))
+    return r
 
 
 def region_state(cat: int, facts: VmaFacts, known: int) -> tuple:
@@ -476,6 +492,34 @@ def scan(pid: int, start: int, end: int, facts: Optional[VmaFacts] = None,
         return runs
 
 
+def scan_split(pid: int, ranges: Sequence[Tuple[int, int, VmaFacts]],
+               pmap: Optional[PageMap] = None) -> List[List[PageRun]]:
+    """scan() of each (start, end, facts) in ``ranges`` (sorted, disjoint: VMAs or parts of them),
+    equal to one scan() per range but read in one PAGEMAP_SCAN pass over their whole span: one
+    ioctl per 512 regions, not one per VMA. The regions are cut at the range edges."""
+    known = _require_scan()
+    if not ranges:
+        return []
+    if not _sorted_disjoint([(lo, hi) for lo, hi, _ in ranges]):
+        return [scan(pid, lo, hi, f, pmap) for lo, hi, f in ranges]
+    with _pagemap(pid, pmap) as pm:
+        regions = pm.regions(ranges[0][0], ranges[-1][1], return_mask=known)
+    out = []
+    states: dict = {}
+    i, n = 0, len(regions)
+    for lo, hi, f in ranges:
+        while i < n and regions[i][1] <= lo:
+            i += 1
+        mine = []
+        j = i
+        while j < n and regions[j][0] < hi:
+            s, e, cat = regions[j]
+            mine.append((max(s, lo), min(e, hi), cat))
+            j += 1
+        out.append(classify(mine, f, known, states))
+    return out
+
+
 def huge_small_bytes(pid: int, start: int, end: int, count_zero_page: bool = False) -> Tuple[int, int]:
     """(bytes present and mapped by a PMD leaf or hugetlb entry, bytes present and mapped by PTEs).
 
@@ -489,23 +533,52 @@ def huge_small_bytes(pid: int, start: int, end: int, count_zero_page: bool = Fal
 
 def huge_small_many(pid: int, ranges: Sequence[Tuple[int, int]],
                     count_zero_page: bool = False) -> List[Tuple[int, int]]:
-    """huge_small_bytes for each (start, end) in ``ranges`` (e.g. every VMA), one pagemap fd."""
+    """huge_small_bytes for each (start, end) in ``ranges`` (e.g. every VMA), one pagemap fd.
+
+    Sorted, disjoint ranges (VMAs) are walked with one PAGEMAP_SCAN pass from the first start to
+    the last end, and the regions cut at the range edges: one ioctl per 512 regions rather than
+    one per VMA (60,000 VMAs: 60,000 ioctls). Pages between the ranges are not counted."""
     known = _require_scan()
     mask, inverted = PAGE_IS_PRESENT, 0
     if not count_zero_page:
         mask |= PAGE_IS_PFNZERO
         inverted = PAGE_IS_PFNZERO
+    masks = dict(category_mask=mask, category_inverted=inverted,
+                 return_mask=(PAGE_IS_PRESENT | PAGE_IS_HUGE) & known)
     out = []
     with _pagemap(pid, None) as pm:
+        if _sorted_disjoint(ranges):
+            return split_huge_small(pm.regions(ranges[0][0], ranges[-1][1], **masks) if ranges else [],
+                                    ranges)
         for start, end in ranges:
-            huge = small = 0
-            for s, e, cat in pm.regions(start, end, category_mask=mask, category_inverted=inverted,
-                                        return_mask=(PAGE_IS_PRESENT | PAGE_IS_HUGE) & known):
-                if cat & PAGE_IS_HUGE:
-                    huge += e - s
-                else:
-                    small += e - s
-            out.append((huge, small))
+            out.append(split_huge_small(pm.regions(start, end, **masks), [(start, end)])[0])
+    return out
+
+
+def _sorted_disjoint(ranges: Sequence[Tuple[int, int]]) -> bool:
+    return all(ranges[i][1] <= ranges[i + 1][0] for i in range(len(ranges) - 1))
+
+
+def split_huge_small(regions: Sequence[Tuple[int, int, int]],
+                     ranges: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """(huge bytes, small bytes) of each of the sorted, disjoint ``ranges`` from sorted regions
+    (start, end, categories); the parts of regions outside every range are not counted."""
+    out = []
+    i, n = 0, len(regions)
+    for start, end in ranges:
+        while i < n and regions[i][1] <= start:
+            i += 1
+        huge = small = 0
+        j = i
+        while j < n and regions[j][0] < end:
+            s, e, cat = regions[j]
+            length = min(e, end) - max(s, start)
+            if cat & PAGE_IS_HUGE:
+                huge += length
+            else:
+                small += length
+            j += 1
+        out.append((huge, small))
     return out
 
 

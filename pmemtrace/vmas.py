@@ -21,7 +21,7 @@ SOURCE_PAGEMAP_SCAN = "PAGEMAP_SCAN"
 SOURCE_SMAPS = "smaps"
 
 
-@dataclass
+@dataclass(slots=True)
 class Vma:
     start: int
     end: int
@@ -152,6 +152,10 @@ def classify_thp(backing: str, dax: str, vmflags: frozenset, smaps_eligible: Opt
     return False, "no 2 MiB-aligned 2 MiB range inside this VMA (too small or misaligned)"
 
 
+HUGE_KEYS = ("AnonHugePages", "ShmemPmdMapped", "FilePmdMapped", "Shared_Hugetlb", "Private_Hugetlb")
+DESCRIBE_KEYS = ("Rss", "THPeligible") + HUGE_KEYS        # the smaps counters describe_process reads
+
+
 def smaps_huge_bytes(block: procfs.Smaps) -> int:
     return (block.get("AnonHugePages") + block.get("ShmemPmdMapped") + block.get("FilePmdMapped")
             + block.get("Shared_Hugetlb") + block.get("Private_Hugetlb"))
@@ -170,6 +174,16 @@ class ProcessVmas:
 
 def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None) -> ProcessVmas:
     """Every VMA of pid with its facts; raises NoSuchProcess / ProcessExited / KernelThread."""
+    with procfs.no_gc():
+        return _describe_process(pid, use_pagemap_scan)
+
+
+def _describe_process(pid: int, use_pagemap_scan: Optional[bool]) -> ProcessVmas:
+    """describe_process, with the cyclic GC paused.
+
+    Built for tens of thousands of VMAs: the file facts (stat, statx, statfs through map_files)
+    are read once per (device, inode), the pure classifications are computed once per distinct
+    input, and the page sizes come from one PAGEMAP_SCAN pass over all VMAs."""
     comm = procfs.check_pid(pid)
     status = procfs.read_status(pid)
     prctl_off = status.get("THP_enabled", "1").strip() == "0"
@@ -179,9 +193,30 @@ def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None) -> Proce
     source = SOURCE_PAGEMAP_SCAN if use_pagemap_scan else SOURCE_SMAPS
     notes = []
     vmas = []
-    blocks = procfs.read_smaps(pid)
-    facts_of = [file_facts(pid, b.map) for b in blocks]
-    backing_of = [classify_backing(b.map, b.vmflags, f) for b, f in zip(blocks, facts_of)]
+    blocks = procfs.read_smaps(pid, DESCRIBE_KEYS, read_ahead=True)
+    files: Dict[Tuple[Tuple[int, int], int], FileFacts] = {}
+    none = FileFacts()
+
+    def facts_for(m: procfs.MapEntry) -> FileFacts:
+        if m.inode == 0:
+            return none
+        key = (m.dev, m.inode)
+        f = files.get(key)
+        if f is None:
+            f = files[key] = file_facts(pid, m)
+        return f
+
+    facts_of = [facts_for(b.map) for b in blocks]
+    backings: Dict[tuple, str] = {}
+    backing_of = []
+    for b, f in zip(blocks, facts_of):
+        m = b.map
+        # classify_backing reads only these facts of the VMA
+        backing_key = (m.path, m.inode == 0, m.shared, b.vmflags, f)
+        backing = backings.get(backing_key)
+        if backing is None:
+            backing = backings[backing_key] = classify_backing(m, b.vmflags, f)
+        backing_of.append(backing)
     # [vsyscall] lies outside the user address space, where PAGEMAP_SCAN refuses to walk
     walk = [i for i, backing in enumerate(backing_of) if use_pagemap_scan and backing != "special"]
     scanned = dict(zip(walk, pagemap.huge_small_many(pid, [(blocks[i].map.start, blocks[i].map.end)
@@ -190,23 +225,32 @@ def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None) -> Proce
     dax_idx = [i for i, f in enumerate(facts_of) if f.dax != "none"]
     dax_res = dict(zip(dax_idx, dax_residency(pid, [(blocks[i].map.start, blocks[i].map.end) for i in dax_idx],
                                               use_pagemap_scan, scanned, dax_idx)))
+    thp_of: Dict[tuple, Tuple[bool, str]] = {}
+    sorted_flags: Dict[frozenset, Tuple[str, ...]] = {}
     for i, block in enumerate(blocks):
         m, facts, backing, page_sizes = block.map, facts_of[i], backing_of[i], scanned.get(i)
         huge: Optional[int]
         small: Optional[int]
-        eligible, reason = classify_thp(backing, facts.dax, block.vmflags, block.counters.get("THPeligible"),
-                                        policy, prctl_off)
-        rss: Optional[int] = block.get("Rss")
+        counters = block.counters
+        smaps_eligible = counters.get("THPeligible")
+        key = (backing, facts.dax, block.vmflags, smaps_eligible)
+        thp = thp_of.get(key)
+        if thp is None:
+            thp = thp_of[key] = classify_thp(backing, facts.dax, block.vmflags, smaps_eligible, policy, prctl_off)
+        eligible, reason = thp
+        rss: Optional[int] = counters.get("Rss", 0)
         if i in dax_res:
             rss, huge, small = dax_res[i].rss, dax_res[i].huge, dax_res[i].small
         elif page_sizes is not None:
             huge, small = page_sizes
         else:
             huge = smaps_huge_bytes(block)
-            small = max(block.get("Rss") - huge, 0)
+            small = max(counters.get("Rss", 0) - huge, 0)
+        flags = sorted_flags.get(block.vmflags)
+        if flags is None:
+            flags = sorted_flags[block.vmflags] = tuple(sorted(block.vmflags))
         vmas.append(Vma(m.start, m.end, m.perms, backing, m.path, rss, huge, small,
-                        facts.dax, "sf" in block.vmflags, eligible, reason, tuple(sorted(block.vmflags)),
-                        m.offset))
+                        facts.dax, "sf" in block.vmflags, eligible, reason, flags, m.offset))
     notes += dax_notes(list(dax_res.values()), use_pagemap_scan)
     if not os.path.exists(f"/proc/{pid}"):
         raise ProcessExited(f"pid {pid} exited while being read")

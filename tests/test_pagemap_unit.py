@@ -400,13 +400,14 @@ def test_collect_pid_gone_mid_read_is_process_exited(monkeypatch, smaps):
 
     monkeypatch.setattr(pm, "PageMap", OpenPageMap)
     monkeypatch.setattr(procfs, "check_pid", lambda pid: "pw")
-    monkeypatch.setattr(procfs, "read_smaps", lambda pid: smaps)
+    monkeypatch.setattr(procfs, "read_smaps", lambda pid, *args, **kwargs: smaps)
     monkeypatch.setattr(pm, "scan", vanished)
+    monkeypatch.setattr(pm, "scan_split", lambda pid, ranges, pmap=None: vanished(pid, 0, 0))
     monkeypatch.setattr(pm, "scan_fallback", vanished)
     monkeypatch.setattr(vmas, "file_facts", lambda pid, m: vmas.FileFacts())
     with pytest.raises(ProcessExited):
         pages.collect(1234)
-    monkeypatch.setattr(procfs, "read_smaps", lambda pid: [])
+    monkeypatch.setattr(procfs, "read_smaps", lambda pid, *args, **kwargs: [])
     monkeypatch.setattr(pm, "process_alive", lambda pid: False)
     with pytest.raises(ProcessExited):
         pages.collect(1234)

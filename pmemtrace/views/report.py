@@ -4,17 +4,15 @@ With --duration the probes are attached for that long and per-VMA fault columns 
 added (faults, THP faults by address, DAX PMD / PTE / fallback / NEEDDSYNC faults).
 """
 import dataclasses
-import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:                    # rich is imported where text is drawn: --json needs none of it
+    from rich.console import Console
 
-from .. import aggregate, daxcause, kernel, policy as policy_mod, vmas as vmas_mod
+from .. import aggregate, daxcause, jsonout, kernel, policy as policy_mod, procfs, signals, vmas as vmas_mod
 from ..errors import ProcessExited
 from .text import human_bytes, printable
 
@@ -48,6 +46,34 @@ def vma_dict(v: vmas_mod.Vma) -> dict:
             "rss_bytes": v.rss_bytes, "huge_bytes": v.huge_bytes, "small_bytes": v.small_bytes,
             "dax": v.dax, "vm_sync": v.vm_sync, "thp_eligible": v.thp_eligible, "thp_reason": v.thp_reason,
             "offset": v.offset, "vmflags": list(v.vmflags)}
+
+
+VMA_KEYS = ("start", "end", "perms", "backing", "path", "rss_bytes", "huge_bytes", "small_bytes",
+            "dax", "vm_sync", "thp_eligible", "thp_reason", "offset", "vmflags")
+
+
+def vma_json_encoder():
+    """One VMA dict as compact JSON, equal to json's: a fixed-key formatter where the dict has
+    exactly vma_dict's keys (twice as fast as json's C encoder on 60,000 VMAs), json otherwise."""
+    s, b, n = jsonout.StringCache(), jsonout.BOOL, jsonout.null_or_int
+    flag_lists: Dict[tuple, str] = {}
+
+    def flags(v: list) -> str:
+        key = tuple(v)
+        out = flag_lists.get(key)
+        if out is None:
+            out = flag_lists[key] = jsonout.encode(v)
+        return out
+
+    def encode(d: dict) -> str:
+        if tuple(d) != VMA_KEYS:
+            return jsonout.encode(d)
+        return (f'{{"start": {d["start"]:d}, "end": {d["end"]:d}, "perms": {s(d["perms"])}, '
+                f'"backing": {s(d["backing"])}, "path": {s(d["path"])}, "rss_bytes": {n(d["rss_bytes"])}, '
+                f'"huge_bytes": {n(d["huge_bytes"])}, "small_bytes": {n(d["small_bytes"])}, "dax": {s(d["dax"])}, '
+                f'"vm_sync": {b[d["vm_sync"]]}, "thp_eligible": {b[d["thp_eligible"]]}, '
+                f'"thp_reason": {s(d["thp_reason"])}, "offset": {d["offset"]:d}, "vmflags": {flags(d["vmflags"])}}}')
+    return encode
 
 
 def totals(rows: List[vmas_mod.Vma]) -> dict:
@@ -100,7 +126,9 @@ def yes_no(b: bool) -> str:
     return "yes" if b else "no"
 
 
-def render(console: Console, data: dict) -> None:
+def render(console: "Console", data: dict) -> None:
+    from rich.table import Table
+    from rich.text import Text
     thp = data["thp"]
     header = Text.assemble(
         ("pid ", "bold"), str(data["pid"]), "  ", ("comm ", "bold"), printable(data["comm"]), "  ",
@@ -168,19 +196,21 @@ def observe(pid: int, duration: float, ebpf: bool):
         # like bcc tools: say when tracing starts (on stderr, so --json stays clean)
         print(f"Tracing pid {pid} for {duration:g}s...", file=sys.stderr, flush=True)
         deadline = time.monotonic() + duration
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            probes.poll(int(min(left, 0.2) * 1000))
-            if not os.path.exists(f"/proc/{pid}"):
-                raise ProcessExited(f"pid {pid} exited during the {duration:g}s observation")
+        with signals.interruptible():           # SIGINT/SIGTERM: detach (with probes) and exit 130/143
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                probes.poll(int(min(left, 0.2) * 1000))
+                if not os.path.exists(f"/proc/{pid}"):
+                    raise ProcessExited(f"pid {pid} exited during the {duration:g}s observation")
         counts = probes.snapshot()
     return counts, probes.missing
 
 
-def make_console() -> Console:
+def make_console() -> "Console":
     """A terminal gets rich's own width; a pipe gets lines wide enough not to cut columns."""
+    from rich.console import Console
     console = Console()
     return console if console.is_terminal else Console(width=250)
 
@@ -204,6 +234,7 @@ def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optio
     mincore = counts.mincore.get(pid) if duration is not None else None
     data = build_json(proc, show_all, policy, faults, duration, missing, lost or 0, unattributed, mincore)
     if as_json:
-        print(json.dumps(data, indent=2))
+        with procfs.no_gc():
+            jsonout.write_document(sys.stdout, data, {"vmas": vma_json_encoder()})
     else:
         render(make_console(), data)

@@ -257,9 +257,9 @@ class Collector:
                                   "(this one excluded)")
         dur.add_metric([], self.scrape_seconds)
         yield dur
-        n = CounterMetricFamily("pmemtrace_scrapes", "Scrapes served")
-        n.add_metric([], self.scrapes)
-        yield n
+        scrapes = CounterMetricFamily("pmemtrace_scrapes", "Scrapes served")
+        scrapes.add_metric([], self.scrapes)
+        yield scrapes
 
 
 def open_probes():

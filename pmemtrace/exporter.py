@@ -253,8 +253,8 @@ class Collector:
             yield vr
         self.scrapes += 1
         self.scrape_seconds += time.perf_counter() - t0
-        dur = CounterMetricFamily("pmemtrace_scrape_duration_seconds", "Time spent building scrapes "
-                                  "(this one excluded)")
+        dur = CounterMetricFamily("pmemtrace_scrape_duration_seconds", "CPU-less wall time spent building scrapes "
+                                  "(this one up to here)")
         dur.add_metric([], self.scrape_seconds)
         yield dur
         scrapes = CounterMetricFamily("pmemtrace_scrapes", "Scrapes served")

@@ -253,7 +253,7 @@ class Collector:
             yield vr
         self.scrapes += 1
         self.scrape_seconds += time.perf_counter() - t0
-        dur = CounterMetricFamily("pmemtrace_scrape_duration_seconds", "CPU-less wall time spent building scrapes "
+        dur = CounterMetricFamily("pmemtrace_scrape_duration_seconds", "Wall-clock seconds spent building scrapes "
                                   "(this one up to here)")
         dur.add_metric([], self.scrape_seconds)
         yield dur

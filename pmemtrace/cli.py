@@ -230,6 +230,31 @@ def _quiet_exit(signum, frame):
     raise SystemExit(128 + signum)
 
 
+
+@cli.command(epilog="""\b
+Examples:
+  pmemtrace exporter                          # :19149/metrics, top 50 processes by RSS
+  pmemtrace exporter --listen 127.0.0.1:9999 --max-processes 20
+  pmemtrace exporter --vmas 1234              # also per-VMA series of pid 1234
+""")
+@click.option("--listen", default="0.0.0.0:19149", show_default=True, metavar="ADDR:PORT",
+              help="Address and port of the /metrics HTTP server.")
+@click.option("--interval", "interval_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              metavar="SECONDS", help="Reuse the last sample for scrapes closer together than this.")
+@click.option("--max-processes", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Per-process series for this many processes by RSS; the rest sum into pid=\"other\".")
+@click.option("--vmas", "vmas_pid", type=int, default=None, metavar="PID", help="Also export per-VMA series of PID.")
+@click.option("--bpf/--no-bpf", default=True, show_default=True,
+              help="Attach the DAX tracepoints (rare paths only) for DAX fault and fallback counters.")
+@handle_errors
+def exporter(listen, interval_s, max_processes, vmas_pid, bpf):
+    """Serve Prometheus metrics on /metrics: per-process huge/small bytes and faults (top N by RSS),
+    THP policy, mTHP and DAX counters. No BPF on any page-fault path."""
+    from . import exporter as view
+    sys.exit(view.run(listen=listen, interval_s=interval_s, max_processes=max_processes, vmas_pid=vmas_pid,
+                      bpf=bpf))
+
+
 def main():
     # Ctrl-C before (or without) a command's own handling leaves quietly, 130, not with a traceback;
     # top and report --duration then install pmemtrace.signals.

@@ -204,7 +204,9 @@ HUGE_DROP = r"""
 import mmap, sys
 open("/proc/self/comm", "w").write(sys.argv[1])
 MIB = 1 << 20
-m = mmap.mmap(-1, 66 * MIB)
+# private: mmap.mmap(-1, n) alone is MAP_SHARED, i.e. shmem, which THP's shmem_enabled (never here)
+# governs, not MADV_HUGEPAGE
+m = mmap.mmap(-1, 66 * MIB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 m.madvise(mmap.MADV_HUGEPAGE)
 for off in range(0, len(m), 4096):
     m[off] = 1

@@ -16,6 +16,7 @@ import threading
 import time
 
 import pytest
+from testkit import cannot_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -26,11 +27,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
 BPF_PROG_GET_NEXT_ID = 11
 
-
-def cannot_run(why):
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"live test cannot run under CI: {why}")
-    pytest.skip(why)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -115,6 +115,21 @@ def pages(pid, range_spec, vma_addr, as_json):
     view.run(pid, range_spec=range_spec, vma_addr=vma_addr, as_json=as_json)
 
 
+@cli.command()
+@click.argument("pids", type=int, nargs=-1)
+@click.option("--cgroup", type=click.Path(), default=None, metavar="PATH",
+              help="Only processes in this cgroup directory and its descendants.")
+@click.option("--rollup", is_flag=True, help="Only the sum over all selected processes.")
+@click.option("--vmas", "with_vmas", is_flag=True, help="With --json: each process's VMAs too.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@handle_errors
+def folios(pids, cgroup, rollup, with_vmas, as_json):
+    """Folio sizes (4K, mTHP, THP, hugetlb) and how they are mapped, per process or rolled up:
+    all processes, the PIDS given, or a cgroup (like the kernel's tools/mm/thpmaps)."""
+    from .views import folios as view
+    view.run(pids, cgroup=cgroup, rollup=rollup, as_json=as_json, with_vmas=with_vmas)
+
+
 @cli.command(epilog=EXAMPLES_DOCTOR)
 @handle_errors
 def doctor():

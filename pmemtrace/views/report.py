@@ -16,6 +16,7 @@ from rich.text import Text
 
 from .. import aggregate, daxcause, kernel, vmas as vmas_mod
 from ..errors import ProcessExited
+from . import folios as folio_view
 from .text import human_bytes, printable
 
 JSON_SCHEMA_VERSION = 1
@@ -107,6 +108,9 @@ def render(console: Console, data: dict) -> None:
     if with_faults:
         for name in ("FAULTS", "THP", "DAXPMD", "DAXPTE", "FALLBK", "DSYNC"):
             table.add_column(name, justify="right", no_wrap=True)
+    with_folios = "folio_source" in data
+    if with_folios:
+        table.add_column("FOLIOS", justify="left", no_wrap=True)
     table.add_column("THP", justify="left", no_wrap=True)
     table.add_column("PATH", justify="left", overflow="fold")
     reasons: Dict[str, int] = {}      # each distinct THP reason printed once, as a numbered note
@@ -118,20 +122,24 @@ def render(console: Console, data: dict) -> None:
         table.add_row(f"{d['start']:x}", f"{d['end']:x}", human_bytes(d["end"] - d["start"]), d["perms"],
                       d["backing"], human_bytes(d["rss_bytes"]), human_bytes(d["huge_bytes"]),
                       human_bytes(d["small_bytes"]), d["dax"], yes_no(d["vm_sync"]), *fault_cells(d),
+                      *([folio_view.cell(d["folio_bytes"])] if with_folios else []),
                       f"{yes_no(d['thp_eligible'])} [{reasons.setdefault(d['thp_reason'], len(reasons) + 1)}]",
                       Text(printable(d["path"])))
     if with_faults and any(data["unmapped"][k] for k in FAULT_KEYS):
         u = data["unmapped"]
-        table.add_row("", "", "", "", "(unmapped)", "", "", "", "", "", *fault_cells(u), "", "")
+        table.add_row("", "", "", "", "(unmapped)", "", "", "", "", "", *fault_cells(u), *([""] if with_folios else []), "", "")
     t = data["totals"]
     table.add_row(Text("total", style="bold"), "", "", "", "", human_bytes(t["rss_bytes"]),
                   human_bytes(t["huge_bytes"]), human_bytes(t["small_bytes"]), "", "",
-                  *(fault_cells(t) if with_faults else []), "", "", style="bold")
+                  *(fault_cells(t) if with_faults else []),
+                  *([folio_view.cell(t["folio_bytes"])] if with_folios else []), "", "", style="bold")
     console.print(table)
     for reason, n in reasons.items():
         console.print(Text(f"[{n}] THP {reason}"))
     for note in data["notes"]:
         console.print(Text(f"note: {note}"))
+    if with_folios:
+        console.print(Text(folio_view.summary_line(t)))
     if with_faults:
         console.print(Text(f"probes attached {data['duration']:g}s; lost events: {data['lost_events']}"))
         mc = data["mincore"]
@@ -190,6 +198,7 @@ def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optio
     unattributed = counts.thp_unattributed.get(pid, 0) if duration is not None else 0
     mincore = counts.mincore.get(pid) if duration is not None else None
     data = build_json(proc, show_all, policy, faults, duration, missing, lost or 0, unattributed, mincore)
+    folio_view.annotate(data, pid)      # folio sizes per VMA (pmemtrace/folios.py)
     if as_json:
         print(json.dumps(data, indent=2))
     else:

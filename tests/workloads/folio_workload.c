@@ -3,6 +3,9 @@
  *
  *   folio_workload MTHP_MIB [TMPFS_FILE]
  *
+ * A negative MTHP_MIB maps the mthp VMA but leaves it untouched until a "touch" line arrives on
+ * stdin (answered "touched"), so a test can read the mTHP counters just around its faults.
+ *
  *   mthp       MTHP_MIB MiB anon, 64 KiB aligned, touched page by page: with
  *              hugepages-64kB/enabled=always every folio is 64 KiB
  *   unaligned  256 KiB of 64 KiB folios moved by mremap to an address 4 KiB past a 64 KiB boundary
@@ -52,10 +55,12 @@ int main(int argc, char **argv)
 {
 	if (argc < 2) { fprintf(stderr, "usage: %s MTHP_MIB [TMPFS_FILE]\n", argv[0]); return 2; }
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	size_t mthp_len = strtoul(argv[1], NULL, 10) * MiB;
+	long mib = strtol(argv[1], NULL, 10);
+	size_t mthp_len = (size_t)(mib < 0 ? -mib : mib) * MiB;
 
 	char *mthp = guarded(mthp_len, 64 * KiB, 0);
-	touch(mthp, mthp_len);
+	if (mib > 0)
+		touch(mthp, mthp_len);
 	show("mthp", mthp, mthp_len);
 
 	char *src = guarded(256 * KiB, 64 * KiB, 0);
@@ -100,8 +105,13 @@ int main(int argc, char **argv)
 	}
 	printf("ready\n");
 	char line[64];
-	while (fgets(line, sizeof line, stdin))
+	while (fgets(line, sizeof line, stdin)) {
 		if (!strncmp(line, "exit", 4))
 			break;
+		if (!strncmp(line, "touch", 5)) {
+			touch(mthp, mthp_len);
+			printf("touched\n");
+		}
+	}
 	return 0;
 }

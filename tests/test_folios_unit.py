@@ -1,0 +1,137 @@
+"""Folio classification on pagemap / kpageflags captured from the 6.18 VM
+(tests/fixtures/folios-6.18/capture.py; the workload is tests/workloads/folio_workload.c, whose
+VMAs have the folios asserted here by construction)."""
+import json
+
+import pytest
+from rich.console import Console
+
+from pmemtrace import folios, pagemap
+from pmemtrace.kernel import pmd_size
+from pmemtrace.views import folios as folio_view
+from pmemtrace.views import report
+from testkit import FIXTURES
+
+KiB, MiB = 1 << 10, 1 << 20
+CAPTURE = json.loads((FIXTURES / "folios-6.18" / "folios.json").read_text())
+FLAGS = {int(p): f for p, f in CAPTURE["kpageflags"].items()}
+
+# name -> folio_bytes, pmd_mapped, pte_mapped_thp, unaligned, partial (bytes), by construction
+EXPECTED = {
+    "mthp": ({65536: 1 * MiB}, 0, 1 * MiB, 0, 0),
+    "unaligned": ({65536: 256 * KiB}, 0, 256 * KiB, 256 * KiB, 0),
+    "partial": ({65536: 240 * KiB}, 0, 240 * KiB, 0, 48 * KiB),
+    "thp": ({2 * MiB: 8 * MiB}, 8 * MiB, 0, 0, 0),
+    "ptethp": ({2 * MiB: 2 * MiB}, 0, 2 * MiB, 0, 0),
+    "small": ({4096: 1 * MiB}, 0, 0, 0, 0),
+}
+
+
+def classify(name, flags=FLAGS, words_map=lambda w: w):
+    vma = CAPTURE["vmas"][name]
+    pieces = [(start, [words_map(w) for w in words]) for start, words in vma["words"]]
+    ptes = folios.classify_ptes(pieces, folios.KpageFlags.from_dict(flags))
+    return folios.classify_vma([tuple(r) for r in vma["regions"]], CAPTURE["pmd_size"], ptes)
+
+
+def test_fixture_was_captured_on_this_geometry():
+    assert CAPTURE["page_size"] == 4096 and CAPTURE["pmd_size"] == pmd_size() == 2 * MiB
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_vma_is_classified_as_built(name):
+    folio_bytes, pmd, pte_thp, unaligned, partial = EXPECTED[name]
+    s = classify(name)
+    assert s.folio_bytes == folio_bytes
+    assert (s.pmd_mapped_bytes, s.pte_mapped_thp_bytes, s.unaligned_folio_bytes, s.partial_folio_bytes) == \
+        (pmd, pte_thp, unaligned, partial)
+    assert s.pud_mapped_bytes == 0
+    present = sum(e - s_ for s_, e, _c in CAPTURE["vmas"][name]["regions"])
+    assert sum(s.folio_bytes.values()) == present          # every present byte in exactly one folio
+
+
+def test_contiguous_blocks():
+    assert classify("mthp").cont_bytes == {8 * KiB: 1 * MiB, 16 * KiB: 1 * MiB, 32 * KiB: 1 * MiB, 64 * KiB: 1 * MiB}
+    assert classify("unaligned").cont_bytes == {}            # 4 KiB off: no block matches physically
+    # 3 whole folios (192 KiB) plus the partial one's runs [0, 16K) and [32K, 64K)
+    assert classify("partial").cont_bytes == {8 * KiB: 240 * KiB, 16 * KiB: 240 * KiB,
+                                              32 * KiB: 224 * KiB, 64 * KiB: 192 * KiB}
+    assert classify("ptethp").cont_bytes[2 * MiB] == 2 * MiB
+    assert classify("thp").cont_bytes == {} and classify("small").cont_bytes == {}
+
+
+def test_cont_blocks_arithmetic():
+    # a run of 6 pages at vfn 2 backed by pfn 2 (same alignment): 2-page blocks at 2,4,6; 4-page at 4
+    assert folios.cont_blocks(2, 2, 6, 16) == {2: 6, 4: 4}
+    assert folios.cont_blocks(2, 3, 6, 16) == {}              # physically off by one page
+    assert folios.cont_blocks(0, 512, 16, 16) == {2: 16, 4: 16, 8: 16, 16: 16}
+
+
+def test_without_kpageflags_only_the_leaves_are_known():
+    vma = CAPTURE["vmas"]["thp"]
+    s = folios.classify_vma([tuple(r) for r in vma["regions"]], CAPTURE["pmd_size"], None)
+    assert s.pmd_mapped_bytes == 8 * MiB
+    assert s.folio_bytes is None and s.pte_mapped_thp_bytes is None and s.partial_folio_bytes is None
+    assert s.as_json()["folio_bytes"] is None and s.as_json()["cont_bytes"] is None
+
+
+def test_pages_without_struct_page_are_unknown_not_guessed():
+    # kpageflags says KPF_NOPAGE for every PFN (as for DAX memory): no folio size is claimed
+    assert folios.classify_ptes([(0, [1 << 63 | 5])], folios.KpageFlags.from_dict({})) is None
+    assert classify("small", flags={}).folio_bytes is None
+
+
+def test_hidden_pfns_are_unknown():
+    # pagemap read without CAP_SYS_ADMIN: present, PFN 0
+    s = classify("small", words_map=lambda w: w & ~pagemap.PM_PFN_MASK)
+    assert s.folio_bytes is None and s.pmd_mapped_bytes == 0
+
+
+def test_hugetlb_leaves_take_the_hstate_size():
+    regions = [(0, 4 << 30, pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE)]
+    s = folios.classify_vma(regions, 1 << 30, folios.FolioStats())
+    assert s.folio_bytes == {1 << 30: 4 << 30} and s.pud_mapped_bytes == 4 << 30 and s.pmd_mapped_bytes == 0
+
+
+def test_totals_keep_unknown_apart():
+    known = classify("mthp")
+    tot, unknown_n = folios.total([known, folios.unknown(), None, classify("thp")])
+    assert unknown_n == 1
+    assert tot.folio_bytes == {65536: 1 * MiB, 2 * MiB: 8 * MiB}
+    assert tot.pmd_mapped_bytes == 8 * MiB
+    assert folios.add(known, folios.unknown()).folio_bytes is None
+
+
+def test_cgroup_pids_walks_descendants(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "cgroup.procs").write_text("1\n")
+    (tmp_path / "a" / "cgroup.procs").write_text("30\n20\n")
+    (tmp_path / "a" / "b" / "cgroup.procs").write_text("")
+    assert folios.cgroup_pids(str(tmp_path / "a")) == [20, 30]
+    assert folios.cgroup_pids(str(tmp_path)) == [1, 20, 30]
+    with pytest.raises(folios.NoSuchProcess):
+        folios.cgroup_pids(str(tmp_path / "missing"))
+
+
+def test_cells():
+    assert folio_view.cell({"4096": 4 * MiB, "2097152": 60 * MiB}) == "2M:60M 4K:4M"
+    assert folio_view.cell(None) == "?"
+    assert folio_view.cell({}) == ""
+    assert folio_view.cell({"4096": 1, "8192": 2, "16384": 3}).endswith(" +")
+
+
+def test_report_renders_the_folio_column_and_summary():
+    stats = classify("partial").as_json()
+    row = {"start": 0x1000, "end": 0x41000, "perms": "rw-p", "backing": "anon", "path": "[x]", "rss_bytes": 240 * KiB,
+           "huge_bytes": 0, "small_bytes": 240 * KiB, "dax": "none", "vm_sync": False, "thp_eligible": True,
+           "thp_reason": "enabled=always", **stats}
+    data = {"pid": 1, "comm": "c", "kernel": "6.18", "source": "PAGEMAP_SCAN", "notes": [],
+            "thp": {"enabled": "always", "defrag": "madvise", "shmem_enabled": "never"}, "vmas": [row],
+            "totals": {"rss_bytes": 240 * KiB, "huge_bytes": 0, "small_bytes": 240 * KiB, **stats,
+                       "folio_unknown_vmas": 0},
+            "folio_source": folios.SOURCE}
+    console = Console(record=True, width=200)
+    report.render(console, data)
+    text = console.export_text()
+    assert "FOLIOS" in text and "64K:240K" in text
+    assert "partial 48K" in text and "unaligned 0" in text

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .. import aggregate, daxcause, kernel, vmas as vmas_mod
+from .. import aggregate, collapse, daxcause, kernel, vmas as vmas_mod
 from ..errors import ProcessExited
 from . import folios as folio_view
 from .text import human_bytes, printable
@@ -140,6 +140,8 @@ def render(console: Console, data: dict) -> None:
         console.print(Text(f"note: {note}"))
     if with_folios:
         console.print(Text(folio_view.summary_line(t)))
+    for line in collapse.notes(data):
+        console.print(Text(line))
     if with_faults:
         console.print(Text(f"probes attached {data['duration']:g}s; lost events: {data['lost_events']}"))
         mc = data["mincore"]
@@ -155,7 +157,7 @@ def render(console: Console, data: dict) -> None:
 def observe(pid: int, duration: float, ebpf: bool):
     """Attach the probes for `duration` seconds; per-VMA counts keyed by VMA start."""
     from ..loader import Probes      # only here: plain report needs no bcc
-    probes = Probes(["thp", "faults", "dax", "syscalls", "mincore", "devdax"], pid=pid)
+    probes = Probes(["thp", "faults", "dax", "syscalls", "mincore", "devdax", "collapse"], pid=pid)
     if ebpf:
         print(probes.text)
         return None
@@ -171,7 +173,8 @@ def observe(pid: int, duration: float, ebpf: bool):
             if not os.path.exists(f"/proc/{pid}"):
                 raise ProcessExited(f"pid {pid} exited during the {duration:g}s observation")
         counts = probes.snapshot()
-    return counts, probes.missing
+        collapses = probes.collapse_counts()
+    return counts, probes.missing, collapses
 
 
 def make_console() -> Console:
@@ -189,7 +192,7 @@ def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optio
         observed = observe(pid, duration or 0.0, ebpf)
         if observed is None:
             return
-        counts, missing = observed
+        counts, missing, collapse_entries = observed
         lost = counts.lost
     proc = vmas_mod.describe_process(pid)
     if duration is not None:
@@ -199,6 +202,8 @@ def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optio
     mincore = counts.mincore.get(pid) if duration is not None else None
     data = build_json(proc, show_all, policy, faults, duration, missing, lost or 0, unattributed, mincore)
     folio_view.annotate(data, pid)      # folio sizes per VMA (pmemtrace/folios.py)
+    if duration is not None:
+        collapse.annotate(data, pid, collapse_entries)
     if as_json:
         print(json.dumps(data, indent=2))
     else:

@@ -34,21 +34,26 @@ struct collapse_value {
 BPF_HASH(collapse_counts, struct collapse_key, struct collapse_value, COLLAPSE_MAP_ENTRIES);
 
 #ifdef FEATURE_COLLAPSE
-int on_collapse_madvise_enter(struct tp_syscalls__sys_enter_madvise *args)
+static __always_inline int collapse_madvise_enter(u64 start, u64 behavior)
 {
 	u64 id = bpf_get_current_pid_tgid();
-	if (args->behavior != MADV_COLLAPSE_NR || !pid_wanted(id >> 32))
+	if (behavior != MADV_COLLAPSE_NR || !pid_wanted(id >> 32))
 		return 0;
-	struct collapse_stash s = { .hstart = (args->start + PMD_NR_BYTES - 1) & ~(PMD_NR_BYTES - 1), .k = 0 };
+	struct collapse_stash s = { .hstart = (start + PMD_NR_BYTES - 1) & ~(PMD_NR_BYTES - 1), .k = 0 };
 	collapse_madvise.update(&id, &s);
 	return 0;
+}
+
+int on_collapse_madvise_enter(struct tp_syscalls__sys_enter_madvise *args)
+{
+	return collapse_madvise_enter(args->start, args->behavior);
 }
 
 #ifndef FEATURE_SYSCALLS
 /* without the syscalls feature this is the program on sys_enter_madvise (see loader.EXTRA_PROGRAMS) */
 int on_sys_enter_madvise(struct tp_syscalls__sys_enter_madvise *args)
 {
-	return on_collapse_madvise_enter(args);
+	return collapse_madvise_enter(args->start, args->behavior);
 }
 #endif
 

@@ -135,3 +135,13 @@ def test_report_renders_the_folio_column_and_summary():
     text = console.export_text()
     assert "FOLIOS" in text and "64K:240K" in text
     assert "partial 48K" in text and "unaligned 0" in text
+
+
+def test_doctor_says_when_folio_sizes_are_unknown(tmp_path):
+    from pmemtrace.views import doctor
+    (ok,) = doctor.check_folios("/proc/self/stat")     # any readable file stands in
+    assert ok.status == doctor.OK
+    (warn,) = doctor.check_folios(str(tmp_path / "missing"))
+    assert warn.status == doctor.WARN and "unknown (null)" in warn.detail
+    (fb,) = doctor.check_thp_fallback_attribution()
+    assert fb.status == doctor.WARN and "THP_FAULT_FALLBACK" in fb.detail

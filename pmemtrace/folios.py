@@ -140,7 +140,9 @@ class KpageFlags:
         return b
 
     def get(self, pfn: int) -> int:
-        b = self.block(pfn >> KPF_BLOCK_SHIFT)
+        b = self.blocks.get(pfn >> KPF_BLOCK_SHIFT)
+        if b is None:
+            b = self.block(pfn >> KPF_BLOCK_SHIFT)
         i = pfn & (KPF_BLOCK - 1)
         return b[i] if i < len(b) else pagemap.KPF_NOPAGE
 
@@ -180,20 +182,32 @@ class KpageFlags:
 
 
 def folio_of(pfn: int, flags: KpageFlags) -> Optional[Tuple[int, int]]:
-    """(head PFN, pages) of the large folio holding ``pfn``; None if its head cannot be found."""
-    head = pfn
-    f = flags.get(head)
-    while f & pagemap.KPF_COMPOUND_TAIL:
-        head -= 1
-        if pfn - head > MAX_FOLIO_PAGES:
+    """(head PFN, pages) of the large folio holding ``pfn``; None if its head cannot be found.
+
+    Folios are naturally aligned powers of two and their tails follow the head without a gap, so
+    the head is the first COMPOUND_HEAD among pfn aligned down to 1, 2, 4, ... pages, and the size
+    is the first power of two 2^m past pfn at which head + 2^m is no tail: O(log size) reads."""
+    head = -1
+    size = 1
+    while size <= MAX_FOLIO_PAGES:
+        h = pfn & ~(size - 1)
+        f = flags.get(h)
+        if f & pagemap.KPF_NOPAGE:
             return None
-        f = flags.get(head)
-    if not f & pagemap.KPF_COMPOUND_HEAD or f & pagemap.KPF_NOPAGE:
+        if f & pagemap.KPF_COMPOUND_HEAD:
+            head = h
+            break
+        if not f & pagemap.KPF_COMPOUND_TAIL:
+            return None
+        size <<= 1
+    if head < 0:
         return None
-    end = head + 1
-    while flags.get(end) & pagemap.KPF_COMPOUND_TAIL and end - head < MAX_FOLIO_PAGES:
-        end += 1
-    return head, end - head
+    n = 1
+    while n <= pfn - head:
+        n <<= 1
+    while n < MAX_FOLIO_PAGES and flags.get(head + n) & pagemap.KPF_COMPOUND_TAIL:
+        n <<= 1
+    return head, n
 
 
 # ---------------------------------------------------------------- classification (pure)
@@ -235,8 +249,14 @@ def classify_ptes(pieces: Iterable[Tuple[int, Sequence[int]]], flags: KpageFlags
     get, pfn_mask, present = flags.get, pagemap.PM_PFN_MASK, pagemap.PM_PRESENT
     for start, words in pieces:
         vfn = start // PAGE_SIZE - 1
+        i = -1
+        skip = 0
         for w in words:
             vfn += 1
+            i += 1
+            if skip:                 # pages already counted by the whole-run check below
+                skip -= 1
+                continue
             if not w & present:
                 continue
             p = w & pfn_mask
@@ -258,14 +278,19 @@ def classify_ptes(pieces: Iterable[Tuple[int, Sequence[int]]], flags: KpageFlags
                 cur_end = cur_head + n
                 cur = folios.get(cur_head)
                 if cur is None:
-                    cur = folios[cur_head] = _Folio(n, bool(get(cur_head) & pagemap.KPF_HUGE))
+                    cur = folios[cur_head] = _Folio(n, bool(f & pagemap.KPF_HUGE))   # every page of it says
             assert cur is not None
-            cur.mapped += 1
+            # the rest of the folio mapped in order by the next words (same flag bits): one C-level compare
+            r = min(cur_end - p, len(words) - i)
+            if r < 2 or words[i:i + r] != array("Q", range(w, w + r)):
+                r = 1
+            skip = r - 1
+            cur.mapped += r
             runs = cur.runs
             if runs and runs[-1][0] + runs[-1][2] == vfn and runs[-1][1] + runs[-1][2] == p:
-                runs[-1][2] += 1
+                runs[-1][2] += r
             else:
-                runs.append([vfn, p, 1])
+                runs.append([vfn, p, r])
     out = FolioStats(folio_bytes={PAGE_SIZE: order0 * PAGE_SIZE} if order0 else {})
     assert out.folio_bytes is not None and out.cont_bytes is not None
     pte_thp = unaligned = partial = 0

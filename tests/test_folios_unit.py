@@ -145,3 +145,70 @@ def test_doctor_says_when_folio_sizes_are_unknown(tmp_path):
     assert warn.status == doctor.WARN and "unknown (null)" in warn.detail
     (fb,) = doctor.check_thp_fallback_attribution()
     assert fb.status == doctor.WARN and "THP_FAULT_FALLBACK" in fb.detail
+
+
+# ---- property: any layout of folios, mapped in any order, is classified as built
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+HEAD, TAIL = pagemap.KPF_COMPOUND_HEAD, pagemap.KPF_COMPOUND_TAIL
+
+
+@st.composite
+def layouts(draw):
+    """Physical folios (sizes 1..512 pages, naturally aligned), and a virtual mapping of some of
+    their pages: whole folios at aligned or shifted addresses, pieces, pages dropped."""
+    flags, folio_of_pfn, pages = {}, {}, []
+    pfn = 1 << 20
+    for _ in range(draw(st.integers(1, 12))):
+        size = 1 << draw(st.integers(0, 9))
+        pfn = -(-pfn // size) * size
+        for i in range(size):
+            flags[pfn + i] = 0 if size == 1 else (HEAD if i == 0 else TAIL)
+            folio_of_pfn[pfn + i] = (pfn, size)
+        mapped = list(range(pfn, pfn + size))
+        if draw(st.booleans()):                      # drop a run of pages
+            a = draw(st.integers(0, size - 1))
+            b = draw(st.integers(a, size))
+            mapped = mapped[:a] + mapped[b:]
+        pages.append((size, mapped))
+        pfn += size
+    # lay the folios out virtually, one after the other, each at an aligned address plus a shift
+    vfn, pieces = 1 << 24, []
+    for size, mapped in pages:
+        vfn = -(-vfn // 512) * 512 + draw(st.sampled_from([0, 0, 1, 3]))
+        if mapped:
+            base = vfn - (mapped[0] & (size - 1))
+            words = []
+            for p in range(mapped[0], mapped[-1] + 1):
+                words.append((1 << 63) | p if p in mapped else 0)
+            pieces.append(((base + (mapped[0] & (size - 1))) * 4096, words))
+        vfn += size + 1
+    return flags, folio_of_pfn, pieces
+
+
+@settings(max_examples=200, deadline=None)
+@given(layouts())
+def test_any_layout_is_classified_as_built(layout):
+    flags, folio_of_pfn, pieces = layout
+    s = folios.classify_ptes(pieces, folios.KpageFlags.from_dict(flags))
+    want_bytes, mapped_of = {}, {}
+    for start, words in pieces:
+        for i, w in enumerate(words):
+            if w:
+                head, size = folio_of_pfn[w & pagemap.PM_PFN_MASK]
+                mapped_of.setdefault(head, []).append((start // 4096 + i, w & pagemap.PM_PFN_MASK))
+                want_bytes[size * 4096] = want_bytes.get(size * 4096, 0) + 4096
+    partial = unaligned = pte_thp = 0
+    for head, pairs in mapped_of.items():
+        size = folio_of_pfn[head][1]
+        if size == 1:
+            continue
+        pte_thp += len(pairs)
+        whole = len(pairs) == size and len({v - p for v, p in pairs}) == 1
+        if not whole:
+            partial += len(pairs)
+        elif pairs[0][0] % size:
+            unaligned += size
+    assert s.folio_bytes == want_bytes
+    assert (s.pte_mapped_thp_bytes, s.partial_folio_bytes, s.unaligned_folio_bytes) == \
+        (pte_thp * 4096, partial * 4096, unaligned * 4096)

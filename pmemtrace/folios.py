@@ -36,6 +36,7 @@ mapped bytes come from PAGEMAP_SCAN alone and stay known when kpageflags is not 
 ``classify_ptes`` and ``classify_vma`` are pure (fixtures in tests/fixtures/folios-6.18);
 ``read_process`` is the one place that reads a process.
 """
+import bisect
 import os
 from array import array
 from dataclasses import dataclass, field
@@ -321,18 +322,14 @@ def classify_vma(regions: Iterable[Tuple[int, int, int]], leaf_size: int,
     ``ptes`` None: the PTE-mapped part is unknown (PMD / PUD leaves stay known).
     """
     huge = sum(e - s for s, e, cat in regions if cat & pagemap.PAGE_IS_HUGE)
-    out = FolioStats()
-    if leaf_size > pmd_size():
-        out.pud_mapped_bytes = huge
-    else:
-        out.pmd_mapped_bytes = huge
+    out = FolioStats() if ptes is None else ptes        # classify_ptes' answer is ours to fill in
     if ptes is None:
         out.forget_ptes()
-        return out
-    assert out.folio_bytes is not None
-    if huge:
-        out.folio_bytes[leaf_size] = huge
-    return add(out, ptes)
+    elif huge:
+        assert out.folio_bytes is not None
+        out.folio_bytes[leaf_size] = out.folio_bytes.get(leaf_size, 0) + huge
+    out.pmd_mapped_bytes, out.pud_mapped_bytes = (0, huge) if leaf_size > pmd_size() else (huge, 0)
+    return out
 
 
 # ---------------------------------------------------------------- reading a process
@@ -390,14 +387,16 @@ def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags]) -> P
         kflags.blocks.clear()        # flags change as memory is reused: never carry them across reads
     mask = (pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE) & pagemap.supported_categories()
     with pagemap.PageMap(pid) as pm:
-        for spec in specs:
+        regions_of = regions_per_vma(pm, specs, mask)
+        words = PagemapWords(pm, sorted((s, e) for rs in regions_of for s, e, cat in rs
+                                        if not cat & pagemap.PAGE_IS_HUGE))
+        for spec, regions in zip(specs, regions_of):
             if spec.skip:
                 out.vmas.append((spec, None))
                 continue
-            regions = pm.regions(spec.start, spec.end, return_mask=mask, **PRESENT_NOT_ZERO)
             ptes: Optional[FolioStats] = None
             if kflags is not None and _leaves_have_pages(pm, regions, kflags):
-                pieces = [(s, pm.words(s, e)) for s, e, cat in regions if not cat & pagemap.PAGE_IS_HUGE]
+                pieces = [(s, words.get(s, e)) for s, e, cat in regions if not cat & pagemap.PAGE_IS_HUGE]
                 out.pages_read += sum(len(w) for _, w in pieces)
                 ptes = classify_ptes(pieces, kflags)
             out.vmas.append((spec, classify_vma(regions, spec.leaf_size or pmd_size(), ptes)))
@@ -408,6 +407,65 @@ def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags]) -> P
         out.notes.append("some VMAs map memory without struct pages (DAX, PFN maps) or hide PFNs: "
                          "their folio sizes are unknown")
     return out
+
+
+class PagemapWords:
+    """pagemap words of many small ranges, read in few preads: ranges less than ``gap`` apart
+    share one read (pagemap reads the hole between as zeros, cheaply), up to ``span`` bytes of
+    address space per read."""
+
+    def __init__(self, pm: pagemap.PageMap, ranges: Sequence[Tuple[int, int]],
+                 gap: int = 256 << 10, span: int = 256 << 20):
+        self.pm = pm
+        self.spans: List[Tuple[int, int]] = []
+        for s, e in ranges:
+            if self.spans and s - self.spans[-1][1] <= gap and e - self.spans[-1][0] <= span:
+                self.spans[-1] = (self.spans[-1][0], max(e, self.spans[-1][1]))
+            else:
+                self.spans.append((s, e))
+        self.starts = [s for s, _e in self.spans]
+        self.cache: Dict[int, Sequence[int]] = {}
+
+    def get(self, start: int, end: int) -> Sequence[int]:
+        i = bisect.bisect_right(self.starts, start) - 1
+        if i < 0 or end > self.spans[i][1]:
+            return self.pm.words(start, end)
+        lo = self.spans[i][0]
+        words = self.cache.get(lo)
+        if words is None:
+            self.cache.clear()               # spans are asked for in order: keep one
+            words = self.cache[lo] = self.pm.words(lo, self.spans[i][1])
+        first = (start - lo) // PAGE_SIZE
+        return words[first:first + (end - start) // PAGE_SIZE]
+
+
+def split_regions(regions: Sequence[Tuple[int, int, int]], ranges: Sequence[Tuple[int, int]]
+                  ) -> List[List[Tuple[int, int, int]]]:
+    """Regions of one scan over many VMAs -> each range's regions, clipped to it (the kernel merges
+    equal neighbours across VMA boundaries). Both inputs sorted by address, ranges disjoint."""
+    out: List[List[Tuple[int, int, int]]] = []
+    i = 0
+    for lo, hi in ranges:
+        while i < len(regions) and regions[i][1] <= lo:
+            i += 1
+        mine, j = [], i
+        while j < len(regions) and regions[j][0] < hi:
+            s, e, cat = regions[j]
+            mine.append((max(s, lo), min(e, hi), cat))
+            j += 1
+        out.append(mine)
+    return out
+
+
+def regions_per_vma(pm: pagemap.PageMap, specs: Sequence[VmaSpec], mask: int) -> List[List[Tuple[int, int, int]]]:
+    """Present (not zero-page) PAGEMAP_SCAN regions of each VMA: one scan over all of them (the walk
+    skips the gaps between VMAs), not one per VMA -- processes have tens of thousands."""
+    walk = sorted((s.start, s.end) for s in specs if not s.skip)
+    if not walk:
+        return [[] for _ in specs]
+    regions = pm.regions(walk[0][0], walk[-1][1], return_mask=mask, **PRESENT_NOT_ZERO)
+    by_range = dict(zip(walk, split_regions(regions, walk)))
+    return [by_range.get((s.start, s.end), []) for s in specs]
 
 
 def _leaves_have_pages(pm: pagemap.PageMap, regions: Sequence[Tuple[int, int, int]], kflags: KpageFlags) -> bool:

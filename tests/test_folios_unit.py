@@ -212,3 +212,22 @@ def test_any_layout_is_classified_as_built(layout):
     assert s.folio_bytes == want_bytes
     assert (s.pte_mapped_thp_bytes, s.partial_folio_bytes, s.unaligned_folio_bytes) == \
         (pte_thp * 4096, partial * 4096, unaligned * 4096)
+
+
+def test_one_scan_split_per_vma_and_coalesced_pagemap_reads():
+    P = pagemap.PAGE_IS_PRESENT
+    regions = [(0x1000, 0x5000, P), (0x9000, 0xB000, P)]          # the first spans two VMAs
+    assert folios.split_regions(regions, [(0x1000, 0x3000), (0x3000, 0x8000), (0x8000, 0xA000), (0xC000, 0xD000)]) \
+        == [[(0x1000, 0x3000, P)], [(0x3000, 0x5000, P)], [(0x9000, 0xA000, P)], []]
+
+    class FakePM:
+        reads = []
+
+        def words(self, s, e):
+            self.reads.append((s, e))
+            return [s // 4096 + i for i in range((e - s) // 4096)]
+    pm = FakePM()
+    w = folios.PagemapWords(pm, [(0x1000, 0x3000), (0x5000, 0x6000), (0x10000000, 0x10001000)], gap=0x4000)
+    assert w.get(0x5000, 0x6000) == [5] and w.get(0x1000, 0x3000) == [1, 2]
+    assert w.get(0x10000000, 0x10001000) == [0x10000]
+    assert pm.reads == [(0x1000, 0x6000), (0x10000000, 0x10001000)]     # two preads for three ranges

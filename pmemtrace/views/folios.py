@@ -37,10 +37,10 @@ def summary_line(t: dict) -> str:
     return line
 
 
-def stats_by_start(pid: int, ranges: Sequence[tuple]) -> folios.ProcessFolios:
-    """Folio facts of the VMAs ``ranges`` ((start, end, skip)) of pid. Hugetlb page sizes come from
-    smaps (read only when the process has hugetlb pages)."""
-    leaf = {(s.start, s.end): s.leaf_size for s in folios.specs_from_maps(pid)}
+def stats_by_start(pid: int, ranges: Sequence[tuple], hugetlb: bool) -> folios.ProcessFolios:
+    """Folio facts of the VMAs ``ranges`` ((start, end, skip)) of pid. With ``hugetlb`` VMAs among
+    them, their page sizes come from smaps (specs_from_maps)."""
+    leaf = {(s.start, s.end): s.leaf_size for s in folios.specs_from_maps(pid)} if hugetlb else {}
     specs = [folios.VmaSpec(start, end, leaf.get((start, end), 0), skip) for start, end, skip in ranges]
     return folios.read_process(pid, specs)
 
@@ -48,7 +48,8 @@ def stats_by_start(pid: int, ranges: Sequence[tuple]) -> folios.ProcessFolios:
 def annotate(data: dict, pid: int) -> None:
     """Add the folio keys to a `report --json` document (every VMA row, totals, folio_source)."""
     rows = data["vmas"]
-    got = stats_by_start(pid, [(d["start"], d["end"], d["backing"] == "special") for d in rows])
+    got = stats_by_start(pid, [(d["start"], d["end"], d["backing"] == "special") for d in rows],
+                         any(d["backing"] == "hugetlb" for d in rows))
     for d, (_spec, st) in zip(rows, got.vmas):
         d.update((st or folios.unknown()).as_json())
     tot, unknown_n = folios.total(st for _spec, st in got.vmas)

@@ -111,7 +111,7 @@ def workload(build_workload, tmp_path_factory):
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "huge=always,size=32M", "none", str(mnt)], check=True)
     try:
-        with sysfs(KNOB_64K, "always"):
+        with sysfs(KNOB_64K, "always"), sysfs(f"{THP}/enabled", "madvise"):
             w = Workload(exe, 1, str(mnt / "file"))
         try:
             yield w

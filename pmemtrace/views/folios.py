@@ -48,7 +48,7 @@ def stats_by_start(pid: int, ranges: Sequence[tuple], hugetlb: bool) -> folios.P
 def annotate(data: dict, pid: int) -> None:
     """Add the folio keys to a `report --json` document (every VMA row, totals, folio_source)."""
     rows = data["vmas"]
-    got = stats_by_start(pid, [(d["start"], d["end"], d["backing"] == "special") for d in rows],
+    got = stats_by_start(pid, [(d["start"], d["end"], d["path"] == "[vsyscall]") for d in rows],
                          any(d["backing"] == "hugetlb" for d in rows))
     for d, (_spec, st) in zip(rows, got.vmas):
         d.update((st or folios.unknown()).as_json())

@@ -86,6 +86,7 @@ int main(int argc, char **argv)
 	touch(pte, 2 * MiB);
 	mprotect(pte + 64 * KiB, 4096, PROT_READ);
 	mprotect(pte + 64 * KiB, 4096, PROT_READ | PROT_WRITE);
+	madvise(pte, 2 * MiB, MADV_NOHUGEPAGE);   /* khugepaged must not map it by a PMD again */
 	show("ptethp", pte, 2 * MiB);
 
 	char *small = guarded(1 * MiB, 64 * KiB, 0);

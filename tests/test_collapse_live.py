@@ -90,7 +90,11 @@ def test_madv_collapse_and_khugepaged_failures(build_workload):
             assert len(sparse_pfns) == 2
             report = subprocess.Popen([sys.executable, "-m", "pmemtrace", "report", str(w.pid), "--duration", "6",
                                        "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            assert "Tracing pid" in report.stderr.readline()
+            for _ in range(50):              # bcc may warn on stderr before the probes are attached
+                line = report.stderr.readline()
+                if not line or "Tracing pid" in line:
+                    break
+            assert "Tracing pid" in line, line
             cmd("collapse")
             with trace_instance("huge_memory/mm_khugepaged_scan_pmd") as inst:
                 cmd("hugepage")

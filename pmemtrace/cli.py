@@ -117,7 +117,7 @@ def pages(pid, range_spec, vma_addr, as_json):
 
 @cli.command()
 @click.argument("pids", type=int, nargs=-1)
-@click.option("--cgroup", type=click.Path(), default=None, metavar="PATH",
+@click.option("--cgroup", type=click.Path(exists=True, file_okay=False), default=None, metavar="PATH",
               help="Only processes in this cgroup directory and its descendants.")
 @click.option("--rollup", is_flag=True, help="Only the sum over all selected processes.")
 @click.option("--vmas", "with_vmas", is_flag=True, help="With --json: each process's VMAs too.")

@@ -231,3 +231,12 @@ def test_one_scan_split_per_vma_and_coalesced_pagemap_reads():
     assert w.get(0x5000, 0x6000) == [5] and w.get(0x1000, 0x3000) == [1, 2]
     assert w.get(0x10000000, 0x10001000) == [0x10000]
     assert pm.reads == [(0x1000, 0x6000), (0x10000000, 0x10001000)]     # two preads for three ranges
+
+
+def test_folios_command_line(tmp_path):
+    from click.testing import CliRunner
+    from pmemtrace.cli import cli
+    r = CliRunner().invoke(cli, ["folios", "--help"])
+    assert r.exit_code == 0 and "--cgroup" in r.output and "--rollup" in r.output
+    r = CliRunner().invoke(cli, ["folios", "--cgroup", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "does not exist" in r.output

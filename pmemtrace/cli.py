@@ -43,6 +43,13 @@ Examples:
   sudo pmemtrace doctor       # one verdict per line, with the fix; exit 1 if pmemtrace cannot run
 """
 
+EXAMPLES_FOLIOS = """\b
+Examples:
+  sudo pmemtrace folios 1234                     # one process: folio sizes, PMD- / PTE-mapped
+  sudo pmemtrace folios --rollup                 # the whole system, summed
+  sudo pmemtrace folios --cgroup /sys/fs/cgroup --json --vmas   # a cgroup and its descendants
+"""
+
 
 def handle_errors(fn):
     """Run a command body; a PmemtraceError becomes one line on stderr and its exit code."""
@@ -115,7 +122,7 @@ def pages(pid, range_spec, vma_addr, as_json):
     view.run(pid, range_spec=range_spec, vma_addr=vma_addr, as_json=as_json)
 
 
-@cli.command()
+@cli.command(epilog=EXAMPLES_FOLIOS)
 @click.argument("pids", type=int, nargs=-1)
 @click.option("--cgroup", type=click.Path(exists=True, file_okay=False), default=None, metavar="PATH",
               help="Only processes in this cgroup directory and its descendants.")

@@ -126,11 +126,12 @@ MAP_SIZES = {"THP_MAP_ENTRIES": 65536, "FAULT_MAP_ENTRIES": 262144, "DAX_MAP_ENT
 COUNT_MAPS = {"thp_faults": "THP_MAP_ENTRIES", "thp_unattributed": "COMM_MAP_ENTRIES",
               "thp_comm": "COMM_MAP_ENTRIES", "page_faults": "FAULT_MAP_ENTRIES",
               "dax_counts": "DAX_MAP_ENTRIES", "dsync_latency": "DSYNC_HIST_ENTRIES",
-              "mincore_counts": "COMM_MAP_ENTRIES"}
+              "mincore_counts": "COMM_MAP_ENTRIES",
+              "collapse_counts": "COLLAPSE_MAP_ENTRIES"}   # read whole, never drained: Probes.collapse_counts
 # LRU maps (memories, not counts): occupancy counted every OCCUPANCY_SECONDS (a full walk)
 LRU_MAPS = {"pte_ranges": "PTE_RANGE_ENTRIES", "dsync_start": "DSYNC_START_ENTRIES",
             "mmap_inflight": "INFLIGHT_ENTRIES", "mincore_inflight": "INFLIGHT_ENTRIES",
-            "devdax_inflight": "INFLIGHT_ENTRIES"}
+            "devdax_inflight": "INFLIGHT_ENTRIES", "collapse_madvise": "INFLIGHT_ENTRIES"}
 OCCUPANCY_SECONDS = 5.0
 MEMBARRIER_CMD_GLOBAL = 1
 SYS_MEMBARRIER = {"x86_64": 324, "aarch64": 283, "ppc64le": 365, "s390x": 356, "riscv64": 283}
@@ -289,8 +290,6 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
     defines = [f"#define {k} {v}" for k, v in {**enums, **shared_defines(), **MAP_SIZES}.items()]
     if pid is not None:
         defines.append(f"#define PID_FILTER {int(pid)}")
-    if "collapse" in features:
-        defines.append(f"#define PMD_NR_BYTES {kernel.pmd_size()}ULL")
     for feature in features:
         if (feature != "faults" or faults_counted) and (feature != "devdax" or devdax):
             defines.append(f"#define FEATURE_{feature.upper()} 1")

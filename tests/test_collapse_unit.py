@@ -68,6 +68,6 @@ def test_program_text_for_this_kernel(tmp_path):
     assert missing == {}
     assert {a.id for a in usable} == {"huge_memory:mm_khugepaged_scan_pmd", "huge_memory:mm_khugepaged_scan_file",
                                       "syscalls:sys_enter_madvise", "syscalls:sys_exit_madvise"}
-    assert "#define FEATURE_COLLAPSE 1" in text and "#define PMD_NR_BYTES 2097152ULL" in text
+    assert "#define FEATURE_COLLAPSE 1" in text and "#define PMD_SHIFT_BITS 21" in text
     assert "struct tp_huge_memory__mm_khugepaged_scan_pmd {" in text
     assert "int on_sys_enter_madvise(" in text and "#define PID_FILTER 42" in text

@@ -44,6 +44,13 @@ Examples:
   sudo pmemtrace doctor       # one verdict per line, with the fix; exit 1 if pmemtrace cannot run
 """
 
+EXAMPLES_FOLIOS = """\b
+Examples:
+  sudo pmemtrace folios 1234                     # one process: folio sizes, PMD- / PTE-mapped
+  sudo pmemtrace folios --rollup                 # the whole system, summed
+  sudo pmemtrace folios --cgroup /sys/fs/cgroup --json --vmas   # a cgroup and its descendants
+"""
+
 
 def handle_errors(fn):
     """Run a command body; a PmemtraceError becomes one line on stderr and its exit code."""
@@ -126,6 +133,21 @@ def pages(pid, range_spec, vma_addr, as_json):
     RANGE is START-END or START+LEN (hex with 0x, or decimal; LEN may end in K/M/G)."""
     from .views import pages as view
     view.run(pid, range_spec=range_spec, vma_addr=vma_addr, as_json=as_json)
+
+
+@cli.command(epilog=EXAMPLES_FOLIOS)
+@click.argument("pids", type=int, nargs=-1)
+@click.option("--cgroup", type=click.Path(exists=True, file_okay=False), default=None, metavar="PATH",
+              help="Only processes in this cgroup directory and its descendants.")
+@click.option("--rollup", is_flag=True, help="Only the sum over all selected processes.")
+@click.option("--vmas", "with_vmas", is_flag=True, help="With --json: each process's VMAs too.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@handle_errors
+def folios(pids, cgroup, rollup, with_vmas, as_json):
+    """Folio sizes (4K, mTHP, THP, hugetlb) and how they are mapped, per process or rolled up:
+    all processes, the PIDS given, or a cgroup (like the kernel's tools/mm/thpmaps)."""
+    from .views import folios as view
+    view.run(pids, cgroup=cgroup, rollup=rollup, as_json=as_json, with_vmas=with_vmas)
 
 
 @cli.command(epilog=EXAMPLES_DOCTOR)

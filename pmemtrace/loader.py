@@ -50,6 +50,7 @@ Features:
   devdax    device-dax PMD / PTE faults per VMA, through a kprobe on dev_dax_huge_fault where the
             kernel has kprobes (device-dax has no tracepoints); needs page_fault_user for the
             address, so it puts a program on the fault path: report (one pid) uses it, top does not
+  collapse  THP collapses by khugepaged and MADV_COLLAPSE with the kernel's result (probes/collapse.c)
 A tracepoint missing on this kernel drops what it feeds, listed in Probes.missing.
 """
 import ctypes
@@ -66,7 +67,7 @@ from .aggregate import (DAX_OUTCOMES, EVENT_DAX_FALLBACK, EVENT_MADVISE, EVENT_M
                         LOST_REASONS, MADVISE_NAMES, MincoreStats, ProbeCounts)
 from .errors import BccMissing, NotRoot, ProbeLoadFailed
 
-FEATURES = ("thp", "faults", "dax", "syscalls", "mincore", "devdax")
+FEATURES = ("thp", "faults", "dax", "syscalls", "mincore", "devdax", "collapse")
 DEVDAX_SYMBOL = "dev_dax_huge_fault"
 
 
@@ -104,25 +105,33 @@ ATTACHMENTS: Dict[str, Tuple[Attachment, ...]] = {
     "mincore": (Attachment("syscalls", "sys_enter_mincore", False, ("start", "len", "vec")),
                 Attachment("syscalls", "sys_exit_mincore", False, ("ret",))),
 }
+ATTACHMENTS["collapse"] = (
+    Attachment("huge_memory", "mm_khugepaged_scan_pmd", False, ("mm", "pfn", "none_or_zero", "status")),
+    Attachment("huge_memory", "mm_khugepaged_scan_file", False, ("mm", "pfn", "present", "swap", "result")),
+    Attachment("syscalls", "sys_enter_madvise", False, ("start", "len_in", "behavior")),
+    Attachment("syscalls", "sys_exit_madvise", False, ("ret",)))
+# programs put on a tracepoint beside the one named on_<event> (another feature may own that name)
+EXTRA_PROGRAMS = {"collapse": (("syscalls:sys_enter_madvise", "on_collapse_madvise_enter"),)}
 ATTACHMENTS["faults"] = ATTACHMENTS["thp"][:1]      # page_fault_user alone
 ATTACHMENTS["devdax"] = ATTACHMENTS["thp"][:1]      # + the kprobe, see kprobe_available()
 SOURCES = {"thp": "faults.c", "faults": "faults.c", "dax": "dax.c", "syscalls": "syscalls.c",
-           "mincore": "syscalls.c", "devdax": "devdax.c"}
+           "mincore": "syscalls.c", "devdax": "devdax.c", "collapse": "collapse.c"}
 
 # max_entries of each map (count maps hold two epochs: twice what one interval adds)
 MAP_SIZES = {"THP_MAP_ENTRIES": 65536, "FAULT_MAP_ENTRIES": 262144, "DAX_MAP_ENTRIES": 131072,
              "COMM_MAP_ENTRIES": 16384, "DSYNC_HIST_ENTRIES": 16384, "PTE_RANGE_ENTRIES": 65536,
              "DSYNC_START_ENTRIES": 65536, "INFLIGHT_ENTRIES": 10240, "MINCORE_VEC_WORDS": 512,
-             "STASH_ENTRIES": 16384}
+             "STASH_ENTRIES": 16384, "COLLAPSE_MAP_ENTRIES": 16384}
 # the maps snapshot() drains by epoch (name -> its MAP_SIZES entry)
 COUNT_MAPS = {"thp_faults": "THP_MAP_ENTRIES", "thp_unattributed": "COMM_MAP_ENTRIES",
               "thp_comm": "COMM_MAP_ENTRIES", "page_faults": "FAULT_MAP_ENTRIES",
               "dax_counts": "DAX_MAP_ENTRIES", "dsync_latency": "DSYNC_HIST_ENTRIES",
-              "mincore_counts": "COMM_MAP_ENTRIES"}
+              "mincore_counts": "COMM_MAP_ENTRIES",
+              "collapse_counts": "COLLAPSE_MAP_ENTRIES"}   # read whole, never drained: Probes.collapse_counts
 # LRU maps (memories, not counts): occupancy counted every OCCUPANCY_SECONDS (a full walk)
 LRU_MAPS = {"pte_ranges": "PTE_RANGE_ENTRIES", "dsync_start": "DSYNC_START_ENTRIES",
             "mmap_inflight": "INFLIGHT_ENTRIES", "mincore_inflight": "INFLIGHT_ENTRIES",
-            "devdax_inflight": "INFLIGHT_ENTRIES",
+            "devdax_inflight": "INFLIGHT_ENTRIES", "collapse_madvise": "INFLIGHT_ENTRIES",
             "stash": "STASH_ENTRIES"}     # only before 5.11: task storage (freed with its task) after
 OCCUPANCY_SECONDS = 5.0
 MEMBARRIER_CMD_GLOBAL = 1
@@ -312,7 +321,7 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
             wanted_sources.append(src)
     if devdax and "faults.c" not in wanted_sources:
         wanted_sources.append("faults.c")         # the address stash
-    source_order = ("faults.c", "dax.c", "syscalls.c", "devdax.c")
+    source_order = ("faults.c", "dax.c", "syscalls.c", "devdax.c", "collapse.c")
     for src in sorted(wanted_sources, key=source_order.index):
         parts.append(f"/* ---- probes/{src} ---- */\n" + source_text(src, pdir, seen))
     if devdax:
@@ -394,6 +403,12 @@ class Probes:
                     self.bpf.attach_kretprobe(event=att.event, fn_name="on_devdax_fault_ret")
                     continue
                 self.bpf.attach_tracepoint(tp=att.id, fn_name=f"on_{att.event}")
+            have = {a.id for a in self.attachments}
+            for feature in self.features:
+                for tp, fn in EXTRA_PROGRAMS.get(feature, ()):
+                    owned = any(a.id == tp for f in self.features if f != feature for a in ATTACHMENTS[f])
+                    if tp in have and owned:      # else the feature's own on_<event> is attached above
+                        self.bpf.attach_tracepoint(tp=tp, fn_name=fn)
             self._choose_quiesce()
             for table, handler in (("dax_events", self._on_dax_event), ("syscall_events", self._on_syscall_event)):
                 if self._has_table(table):
@@ -512,6 +527,15 @@ class Probes:
                     self._lru_seen[name] = {"entries": len(list(self.bpf[name].keys())),
                                             "max_entries": MAP_SIZES[size]}
         occupancy.update(self._lru_seen)
+
+    def collapse_counts(self) -> List[Tuple[Dict[str, int], int, int]]:
+        """Totals since attach of the collapse feature: (key fields, count, filled PTEs) per entry.
+        Read, never cleared (exact by construction)."""
+        if self.bpf is None or not self._has_table("collapse_counts"):
+            return []
+        fields = ("mm", "addr", "pfn", "tgid", "status", "file", "madvise")
+        return [({f: getattr(k, f) for f in fields}, v.count, v.filled)
+                for k, v in self.bpf["collapse_counts"].items()]
 
     def snapshot(self) -> ProbeCounts:
         """Every count of the epoch that just ended (exact: see the module docstring); events

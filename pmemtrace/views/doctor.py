@@ -349,8 +349,29 @@ def collect() -> List[Check]:
     checks += check_thp(kernel.thp_policy())
     checks += check_hugetlb(kernel.hugetlb_pools())
     checks += check_dax(tracefs=root)
+    checks += check_folios() + check_thp_fallback_attribution()
     checks += check_probes(not any(c.status == FAIL for c in checks))
     return checks
+
+
+def check_folios(kpageflags: str = "/proc/kpageflags") -> List[Check]:
+    """Folio sizes (report's folio keys, `pmemtrace folios`) need PAGEMAP_SCAN and kpageflags."""
+    try:
+        with open(kpageflags, "rb") as f:
+            f.read(8)
+    except OSError as e:
+        return [Check("folio sizes", WARN, f"{kpageflags} cannot be read ({e.strerror or e}): folio sizes of "
+                      "PTE-mapped memory are reported unknown (null); PMD/PUD-mapped bytes stay known",
+                      "run as root on a kernel with CONFIG_PROC_PAGE_MONITOR=y")]
+    return [Check("folio sizes", OK, "PAGEMAP_SCAN + /proc/kpageflags: folio size of every resident byte per VMA")]
+
+
+def check_thp_fallback_attribution() -> List[Check]:
+    """Anonymous THP fault fallbacks per process: there is no exact signal (see README)."""
+    return [Check("THP fallbacks per process", WARN,
+                  "no exact per-process signal: THP_FAULT_FALLBACK is a global vm event and a per-size mTHP "
+                  "stat, never a memcg event (memcg:count_memcg_events does not fire for it), and no tracepoint "
+                  "lies on the fallback path; fallbacks are counted system-wide only (top's header)")]
 
 
 def exit_status(checks: Iterable[Check]) -> int:

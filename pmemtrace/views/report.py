@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 if TYPE_CHECKING:                    # rich is imported where text is drawn: --json needs none of it
     from rich.console import Console
 
-from .. import aggregate, daxcause, jsonout, kernel, policy as policy_mod, procfs, signals, vmas as vmas_mod
+from .. import aggregate, collapse, daxcause, jsonout, kernel, policy as policy_mod, procfs, signals, vmas as vmas_mod
 from ..errors import ProcessExited
+from . import folios as folio_view
 from .text import human_bytes, printable
 
 JSON_SCHEMA_VERSION = 1
@@ -145,6 +146,9 @@ def render(console: "Console", data: dict) -> None:
     if with_faults:
         for name in ("FAULTS", "THP", "DAXPMD", "DAXPTE", "FALLBK", "DSYNC"):
             table.add_column(name, justify="right", no_wrap=True)
+    with_folios = "folio_source" in data
+    if with_folios:
+        table.add_column("FOLIOS", justify="left", no_wrap=True)
     table.add_column("THP", justify="left", no_wrap=True)
     table.add_column("PATH", justify="left", overflow="fold")
     reasons: Dict[str, int] = {}      # each distinct THP reason printed once, as a numbered note
@@ -156,23 +160,29 @@ def render(console: "Console", data: dict) -> None:
         table.add_row(f"{d['start']:x}", f"{d['end']:x}", human_bytes(d["end"] - d["start"]), d["perms"],
                       d["backing"], human_bytes(d["rss_bytes"]), human_bytes(d["huge_bytes"]),
                       human_bytes(d["small_bytes"]), d["dax"], yes_no(d["vm_sync"]), *fault_cells(d),
+                      *([folio_view.cell(d["folio_bytes"])] if with_folios else []),
                       f"{yes_no(d['thp_eligible'])} [{reasons.setdefault(d['thp_reason'], len(reasons) + 1)}]",
                       Text(printable(d["path"])))
     if with_faults and any(data["unmapped"][k] for k in FAULT_KEYS):
         u = data["unmapped"]
-        table.add_row("", "", "", "", "(unmapped)", "", "", "", "", "", *fault_cells(u), "", "")
+        table.add_row("", "", "", "", "(unmapped)", "", "", "", "", "", *fault_cells(u), *([""] if with_folios else []), "", "")
     t = data["totals"]
     notes = list(data["notes"])
     if any(t[k] is None for k in ("rss_bytes", "huge_bytes", "small_bytes")):
         notes.append("a total shown ? includes a VMA whose value is unknown on this kernel")
     table.add_row(Text("total", style="bold"), "", "", "", "", human_bytes(t["rss_bytes"]),
                   human_bytes(t["huge_bytes"]), human_bytes(t["small_bytes"]), "", "",
-                  *(fault_cells(t) if with_faults else []), "", "", style="bold")
+                  *(fault_cells(t) if with_faults else []),
+                  *([folio_view.cell(t["folio_bytes"])] if with_folios else []), "", "", style="bold")
     console.print(table)
     for reason, n in reasons.items():
         console.print(Text(f"[{n}] THP {reason}"))
     for note in notes:
         console.print(Text(f"note: {note}"))
+    if with_folios:
+        console.print(Text(folio_view.summary_line(t)))
+    for line in collapse.notes(data):
+        console.print(Text(line))
     if with_faults:
         console.print(Text(f"probes attached {data['duration']:g}s; lost events: {data['lost_events']}"))
         mc = data["mincore"]
@@ -188,7 +198,7 @@ def render(console: "Console", data: dict) -> None:
 def observe(pid: int, duration: float, ebpf: bool):
     """Attach the probes for `duration` seconds; per-VMA counts keyed by VMA start."""
     from ..loader import Probes      # only here: plain report needs no bcc
-    probes = Probes(["thp", "faults", "dax", "syscalls", "mincore", "devdax"], pid=pid)
+    probes = Probes(["thp", "faults", "dax", "syscalls", "mincore", "devdax", "collapse"], pid=pid)
     if ebpf:
         print(probes.text)
         return None
@@ -205,7 +215,8 @@ def observe(pid: int, duration: float, ebpf: bool):
                 if not os.path.exists(f"/proc/{pid}"):
                     raise ProcessExited(f"pid {pid} exited during the {duration:g}s observation")
         counts = probes.snapshot()
-    return counts, probes.missing
+        collapses = probes.collapse_counts()
+    return counts, probes.missing, collapses
 
 
 def make_console() -> "Console":
@@ -224,7 +235,7 @@ def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optio
         observed = observe(pid, duration or 0.0, ebpf)
         if observed is None:
             return
-        counts, missing = observed
+        counts, missing, collapse_entries = observed
         lost = counts.lost
     proc = vmas_mod.describe_process(pid)
     if duration is not None:
@@ -233,6 +244,9 @@ def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optio
     unattributed = counts.thp_unattributed.get(pid, 0) if duration is not None else 0
     mincore = counts.mincore.get(pid) if duration is not None else None
     data = build_json(proc, show_all, policy, faults, duration, missing, lost or 0, unattributed, mincore)
+    folio_view.annotate(data, pid)      # folio sizes per VMA (pmemtrace/folios.py)
+    if duration is not None:
+        collapse.annotate(data, pid, collapse_entries)
     if as_json:
         with procfs.no_gc():
             jsonout.write_document(sys.stdout, data, {"vmas": vma_json_encoder()})

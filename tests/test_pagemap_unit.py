@@ -107,7 +107,7 @@ class FakeKernel:
 def test_scan_loop_covers_range_once(monkeypatch, vec_len):
     regions = [(i * K4, (i + 1) * K4, 8 if i % 2 else 0) for i in range(11)]
     fake = FakeKernel(regions)
-    monkeypatch.setattr(pm, "_ioctl_scan", fake)
+    monkeypatch.setattr(pm.scanner, "_ioctl_scan", fake)   # where scan_regions_fd looks it up
     got = list(pm.scan_regions_fd(-1, 0, 11 * K4, return_mask=0xFF, vec_len=vec_len))
     assert got == regions
     assert fake.calls == -(-11 // vec_len)                     # ceil: each call fills the vector

@@ -97,7 +97,7 @@ class FakePageMap:
 
 
 def test_scan_split_equals_one_scan_per_range(monkeypatch):
-    monkeypatch.setattr(pagemap, "_require_scan", lambda: 0x1FF)
+    monkeypatch.setattr(pagemap.scanner, "_require_scan", lambda: 0x1FF)   # where scan and scan_split look it up
     P, H = pagemap.PAGE_IS_PRESENT, pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE
     K = 4096
     regions = [(0, 8 * K, P), (8 * K, 520 * K, H), (520 * K, 600 * K, 0), (700 * K, 710 * K, P)]

@@ -39,9 +39,10 @@ test: test-deps
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # What only the test tiers need: tmux (top's live screen), QEMU, busybox, cpio, kmod, ndctl and
-# the mkfs tools (the DAX guests). Installed by the test path, never by `make install`. Without
+# the mkfs tools (the DAX guests), chromium and python3-pil (plot's picture), prometheus + promtool
+# (the exporter test starts its own). Installed by the test path, never by `make install`. Without
 # root, missing packages are listed and the unit tier still runs.
-TEST_PACKAGES := tmux qemu-system-x86 busybox-static cpio kmod ndctl xfsprogs e2fsprogs
+TEST_PACKAGES := tmux qemu-system-x86 busybox-static cpio kmod ndctl xfsprogs e2fsprogs chromium python3-pil prometheus
 test-deps:
 	@missing=$$(for p in $(TEST_PACKAGES); do \
 	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \

@@ -22,7 +22,7 @@ EVENT_DAX_FALLBACK, EVENT_MMAP, EVENT_MUNMAP, EVENT_MADVISE = 1, 2, 3, 4
 # "<map>_full" is a failed insert into that map
 LOST_REASONS = ("thp_faults_full", "thp_unattributed_full", "thp_comm_full", "page_faults_full",
                 "dax_counts_full", "dsync_latency_full", "pte_ranges_full", "dsync_start_full",
-                "mincore_counts_full", "inflight_full")
+                "mincore_counts_full", "inflight_full", "collapse_counts_full", "collapse_madvise_full")
 
 
 @dataclass

@@ -52,4 +52,25 @@ class ProcFormatError(PmemtraceError, ValueError):
     exit_code = 15
 
 
+class BadInputFile(PmemtraceError):
+    """A file given to diff / replay / plot that is truncated, corrupt or not pmemtrace's."""
+    exit_code = 13
+
+
+class BadOutputFile(PmemtraceError):
+    """An output file (record -o, plot -o) that cannot be written."""
+    exit_code = 14
+
+
+class Interrupted(PmemtraceError):
+    """SIGINT / SIGTERM before the command finished: exit 128 + the signal number (130, 143)."""
+    exit_code = 130
+
+    def __init__(self, signum: int):
+        import signal
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
 EXIT_CODES = {cls.__name__: cls.exit_code for cls in PmemtraceError.__subclasses__()}

@@ -102,7 +102,7 @@ def _vma_set_changers(counts: aggregate.ProbeCounts) -> Dict[int, str]:
 class VmaCountCache:
     """DAX and VM_SYNC VMA counts per process, re-read when stale or after mmap/munmap."""
 
-    def __init__(self, read_smaps=procfs.read_smaps, refresh: float = VMA_REFRESH_SECONDS,
+    def __init__(self, read_smaps=procfs.read_smaps_layout_only, refresh: float = VMA_REFRESH_SECONDS,
                  clock: Callable[[], float] = time.monotonic):
         self.read_smaps, self.refresh, self.clock = read_smaps, refresh, clock
         self.cache: Dict[int, tuple] = {}
@@ -390,10 +390,20 @@ class Model:
     def _vma_rows(self, counts: aggregate.ProbeCounts) -> List[dict]:
         assert self.vmas is not None and self.detail is not None
         deltas = self.vmas.sample()
-        index = aggregate.VmaIndex((d.start, d.end) for d in deltas)
+        last = getattr(self, "_index_of", None)     # the sampler's same list: the same VMAs
+        index = last[1] if last is not None and last[0] is deltas else aggregate.VmaIndex(
+            (d.start, d.end) for d in deltas)
+        self._index_of = (deltas, index)
         bpf = aggregate.per_vma(counts, self.detail, index, kernel.pmd_size())
         rows = []
+        # a VMA the sampler saw unchanged (same VmaDelta object) and the probes did not see: last row
+        cache, self._row_cache = getattr(self, "_row_cache", {}), {}
         for d in deltas:
+            hit = cache.get(id(d))
+            if hit is not None and hit[0] is d and d.start not in bpf:
+                self._row_cache[id(d)] = hit
+                rows.append(hit[1])
+                continue
             m = procfs.MapEntry(d.start, d.end, d.perms, 0, d.dev, d.inode, d.path)
             dax = self._dax_of(m) if m.inode else "none"
             huge_b, small_b = d.huge_bytes, d.small_bytes
@@ -401,7 +411,7 @@ class Model:
                 try:
                     huge_b, small_b = self.huge_small(self.detail, d.start, d.end)
                 except (PmemtraceError, OSError):
-                    pass
+                    huge_b = small_b = None        # smaps does not count DAX pages: unknown, not 0
             vc = bpf.get(d.start, aggregate.VmaCounts())
             # faults: page faults counted in BPF (pid-filtered page_fault_user), in both modes;
             # null where that tracepoint is missing. What /proc can tell (pages that became
@@ -416,13 +426,15 @@ class Model:
             row = self._vma_row(d.start, d.end, d.perms, vma_backing(d, dax), d.path, huge_b, small_b,
                                 faults, huge, dax, d.vm_sync, vc, d.vmflags)
             row["resident_pages_gained"] = d.faults
+            if dax == "none" and d.start not in bpf:
+                self._row_cache[id(d)] = (d, row)
             rows.append(row)
         if aggregate.UNMAPPED in bpf:
             vc = bpf[aggregate.UNMAPPED]
             rows.append(self._vma_row(None, None, "", aggregate.UNMAPPED, None, 0, 0, vc.faults,
                                       vc.huge_faults, "none", False, vc))
         rows = [r for r in rows if r["huge_bytes"] or r["small_bytes"] or r["faults"] or r["huge_faults"]
-                or r["madvise"] or r["map_sync_refusals"] or r["dax_faults"]]
+                or r["madvise"] or r["map_sync_refusals"] or r["dax_faults"] or r["dax"] != "none"]
         return rows if self.syscalls_known else [self._unwatched(r) for r in rows]
 
     @staticmethod

@@ -53,6 +53,7 @@ Features:
   devdax    device-dax PMD / PTE faults per VMA, through a kprobe on dev_dax_huge_fault where the
             kernel has kprobes (device-dax has no tracepoints); needs page_fault_user for the
             address, so it puts a program on the fault path: report (one pid) uses it, top does not
+  collapse  THP collapses by khugepaged and MADV_COLLAPSE with the kernel's result (probes/collapse.c)
 A tracepoint missing on this kernel drops what it feeds, listed in Probes.missing.
 """
 import ctypes
@@ -64,12 +65,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from . import btf, headers, kernel
+from . import btf, headers, kernel, signals
 from .aggregate import (DAX_OUTCOMES, EVENT_DAX_FALLBACK, EVENT_MADVISE, EVENT_MMAP, EVENT_MUNMAP,
                         LOST_REASONS, MADVISE_NAMES, MincoreStats, ProbeCounts)
 from .errors import BccMissing, NotRoot, ProbeLoadFailed
 
-FEATURES = ("thp", "faults", "dax", "syscalls", "mincore", "devdax", "ksyscalls", "kmincore")
+FEATURES = ("thp", "faults", "dax", "syscalls", "mincore", "devdax", "collapse", "ksyscalls", "kmincore")
 KPROBE_SYSCALLS = {"ksyscalls": ("mmap", "munmap", "madvise"), "kmincore": ("mincore",)}
 KPROBE_RETURNS = ("mmap", "mincore")       # these also need the return value (a kretprobe)
 DEVDAX_SYMBOL = "dev_dax_huge_fault"
@@ -109,26 +110,37 @@ ATTACHMENTS: Dict[str, Tuple[Attachment, ...]] = {
     "mincore": (Attachment("syscalls", "sys_enter_mincore", False, ("start", "len", "vec")),
                 Attachment("syscalls", "sys_exit_mincore", False, ("ret",))),
 }
+ATTACHMENTS["collapse"] = (
+    Attachment("huge_memory", "mm_khugepaged_scan_pmd", False, ("mm", "pfn", "none_or_zero", "status")),
+    Attachment("huge_memory", "mm_khugepaged_scan_file", False, ("mm", "pfn", "present", "swap", "result")),
+    Attachment("syscalls", "sys_enter_madvise", False, ("start", "len_in", "behavior")),
+    Attachment("syscalls", "sys_exit_madvise", False, ("ret",)))
+# programs put on a tracepoint beside the one named on_<event> (another feature may own that name)
+EXTRA_PROGRAMS = {"collapse": (("syscalls:sys_enter_madvise", "on_collapse_madvise_enter"),)}
 ATTACHMENTS["faults"] = ATTACHMENTS["thp"][:1]      # page_fault_user alone
 ATTACHMENTS["devdax"] = ATTACHMENTS["thp"][:1]      # + the kprobe, see kprobe_available()
 for _feature, _calls in KPROBE_SYSCALLS.items():
     ATTACHMENTS[_feature] = tuple(Attachment("ksyscall", call, False) for call in _calls)
 SOURCES = {"thp": "faults.c", "faults": "faults.c", "dax": "dax.c", "syscalls": "syscalls.c",
-           "mincore": "syscalls.c", "devdax": "devdax.c", "ksyscalls": "ksyscalls.c", "kmincore": "ksyscalls.c"}
+           "mincore": "syscalls.c", "devdax": "devdax.c", "collapse": "collapse.c", "ksyscalls": "ksyscalls.c",
+           "kmincore": "ksyscalls.c"}
 
 # max_entries of each map (count maps hold two epochs: twice what one interval adds)
 MAP_SIZES = {"THP_MAP_ENTRIES": 65536, "FAULT_MAP_ENTRIES": 262144, "DAX_MAP_ENTRIES": 131072,
              "COMM_MAP_ENTRIES": 16384, "DSYNC_HIST_ENTRIES": 16384, "PTE_RANGE_ENTRIES": 65536,
-             "DSYNC_START_ENTRIES": 65536, "INFLIGHT_ENTRIES": 10240, "MINCORE_VEC_WORDS": 512}
+             "DSYNC_START_ENTRIES": 65536, "INFLIGHT_ENTRIES": 10240, "MINCORE_VEC_WORDS": 512,
+             "STASH_ENTRIES": 16384, "COLLAPSE_MAP_ENTRIES": 16384}
 # the maps snapshot() drains by epoch (name -> its MAP_SIZES entry)
 COUNT_MAPS = {"thp_faults": "THP_MAP_ENTRIES", "thp_unattributed": "COMM_MAP_ENTRIES",
               "thp_comm": "COMM_MAP_ENTRIES", "page_faults": "FAULT_MAP_ENTRIES",
               "dax_counts": "DAX_MAP_ENTRIES", "dsync_latency": "DSYNC_HIST_ENTRIES",
-              "mincore_counts": "COMM_MAP_ENTRIES"}
+              "mincore_counts": "COMM_MAP_ENTRIES",
+              "collapse_counts": "COLLAPSE_MAP_ENTRIES"}   # read whole, never drained: Probes.collapse_counts
 # LRU maps (memories, not counts): occupancy counted every OCCUPANCY_SECONDS (a full walk)
 LRU_MAPS = {"pte_ranges": "PTE_RANGE_ENTRIES", "dsync_start": "DSYNC_START_ENTRIES",
             "mmap_inflight": "INFLIGHT_ENTRIES", "mincore_inflight": "INFLIGHT_ENTRIES",
-            "devdax_inflight": "INFLIGHT_ENTRIES"}
+            "devdax_inflight": "INFLIGHT_ENTRIES", "collapse_madvise": "INFLIGHT_ENTRIES",
+            "stash": "STASH_ENTRIES"}     # only before 5.11: task storage (freed with its task) after
 OCCUPANCY_SECONDS = 5.0
 MEMBARRIER_CMD_GLOBAL = 1
 SYS_MEMBARRIER = {"x86_64": 324, "aarch64": 283, "ppc64le": 365, "s390x": 356, "riscv64": 283}
@@ -244,7 +256,8 @@ def resolve_enums() -> Dict[str, int]:
     """Enum values this kernel build uses: never hard-coded, they differ between builds."""
     wanted = {"THP_FAULT_ALLOC_ITEM": "THP_FAULT_ALLOC", "THP_FILE_ALLOC_ITEM": "THP_FILE_ALLOC",
               "VM_FAULT_NOPAGE_MASK": "VM_FAULT_NOPAGE", "VM_FAULT_FALLBACK_MASK": "VM_FAULT_FALLBACK",
-              "VM_FAULT_NEEDDSYNC_MASK": "VM_FAULT_NEEDDSYNC"}     # enum vm_fault_reason holds masks
+              "VM_FAULT_NEEDDSYNC_MASK": "VM_FAULT_NEEDDSYNC",     # enum vm_fault_reason holds masks
+              "BPF_MAP_TYPE_TASK_STORAGE_VALUE": "BPF_MAP_TYPE_TASK_STORAGE"}
     out = {}
     for macro, name in wanted.items():
         try:
@@ -344,6 +357,8 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
     ksys = [a for a in usable if a.category == "ksyscall"]
     if ksys and not str(syscall_symbol(ksys[0].event, kallsyms_text())).startswith("sys_"):
         defines.append("#define SYSCALL_WRAPPER 1")
+    if thp_attribution or devdax:
+        defines += stash_defines(enums, missing)
     structs = []
     for att in usable:
         if not att.raw and att.category != "ksyscall":
@@ -366,12 +381,26 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
             wanted_sources.append(src)
     if devdax and "faults.c" not in wanted_sources:
         wanted_sources.append("faults.c")         # the address stash
-    source_order = ("faults.c", "dax.c", "syscalls.c", "devdax.c", "ksyscalls.c")
+    source_order = ("faults.c", "dax.c", "syscalls.c", "devdax.c", "collapse.c", "ksyscalls.c")
     for src in sorted(wanted_sources, key=source_order.index):
         parts.append(f"/* ---- probes/{src} ---- */\n" + source_text(src, pdir, seen))
     if devdax:
         usable.append(Attachment("kprobe", DEVDAX_SYMBOL, False))
     return "\n".join(parts) + "\n", usable, missing
+
+
+TASK_STORAGE_NOTE = "bpf:task_storage"
+
+
+def stash_defines(enums: Dict[str, int], missing: Dict[str, str]) -> List[str]:
+    """How the fault address travels from page_fault_user to its consumers: BPF task storage
+    (5.11+, with bpf_get_current_task_btf), else an LRU hash keyed by thread id, noted."""
+    if enums.get("BPF_MAP_TYPE_TASK_STORAGE_VALUE", 0) >= 0:
+        return ["#define HAVE_TASK_STORAGE 1"]
+    missing[TASK_STORAGE_NOTE] = (f"no BPF task storage (Linux 5.11+): fault addresses are kept in an LRU hash "
+                                  f"of {MAP_SIZES['STASH_ENTRIES']} threads instead; with more threads faulting at "
+                                  f"once the oldest lose their address (THP faults then count as unattributed)")
+    return []
 
 
 def import_bcc():
@@ -408,6 +437,16 @@ class Probes:
 
     # -- lifecycle
     def start(self) -> "Probes":
+        """Compile, load and attach. A SIGINT/SIGTERM meanwhile (pmemtrace.signals) lets the attach
+        finish, then detaches and raises Interrupted: bcc is never cut off half-way."""
+        with signals.deferred():
+            self._start()
+        if signals.received() is not None:
+            self.close()
+            signals.check()
+        return self
+
+    def _start(self) -> None:
         os.environ.update(self.headers.bcc_env())
         bcc = import_bcc()
         try:
@@ -430,6 +469,12 @@ class Probes:
                     self.bpf.attach_kretprobe(event=att.event, fn_name="on_devdax_fault_ret")
                     continue
                 self.bpf.attach_tracepoint(tp=att.id, fn_name=f"on_{att.event}")
+            have = {a.id for a in self.attachments}
+            for feature in self.features:
+                for tp, fn in EXTRA_PROGRAMS.get(feature, ()):
+                    owned = any(a.id == tp for f in self.features if f != feature for a in ATTACHMENTS[f])
+                    if tp in have and owned:      # else the feature's own on_<event> is attached above
+                        self.bpf.attach_tracepoint(tp=tp, fn_name=fn)
             self._choose_quiesce()
             for table, handler in (("dax_events", self._on_dax_event), ("syscall_events", self._on_syscall_event)):
                 if self._has_table(table):
@@ -437,7 +482,6 @@ class Probes:
         except Exception as e:
             self.close()
             raise ProbeLoadFailed(f"attaching probes failed: {e}") from None
-        return self
 
     def __enter__(self):
         return self.start()
@@ -446,11 +490,13 @@ class Probes:
         self.close()
 
     def close(self) -> None:
-        if self.bpf is not None:
-            try:
-                self.bpf.cleanup()
-            finally:
-                self.bpf = None
+        """Detach everything; a signal meanwhile waits (bcc's cleanup must not be cut off)."""
+        with signals.deferred():
+            if self.bpf is not None:
+                try:
+                    self.bpf.cleanup()
+                finally:
+                    self.bpf = None
 
     # -- reading
     def _has_table(self, name: str) -> bool:
@@ -541,10 +587,21 @@ class Probes:
         if now - self._lru_read_at >= OCCUPANCY_SECONDS:
             self._lru_read_at = now
             for name, size in LRU_MAPS.items():
+                if name == "stash" and TASK_STORAGE_NOTE not in self.missing:
+                    continue        # task storage: no keys to walk, bounded by the tasks
                 if self._has_table(name):
                     self._lru_seen[name] = {"entries": len(list(self.bpf[name].keys())),
                                             "max_entries": MAP_SIZES[size]}
         occupancy.update(self._lru_seen)
+
+    def collapse_counts(self) -> List[Tuple[Dict[str, int], int, int]]:
+        """Totals since attach of the collapse feature: (key fields, count, filled PTEs) per entry.
+        Read, never cleared (exact by construction)."""
+        if self.bpf is None or not self._has_table("collapse_counts"):
+            return []
+        fields = ("mm", "addr", "pfn", "tgid", "status", "file", "madvise")
+        return [({f: getattr(k, f) for f in fields}, v.count, v.filled)
+                for k, v in self.bpf["collapse_counts"].items()]
 
     def snapshot(self) -> ProbeCounts:
         """Every count of the epoch that just ended (exact: see the module docstring); events

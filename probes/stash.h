@@ -9,9 +9,18 @@
 #define PMEMTRACE_STASH_H
 #include "common.h"
 
+#if defined(THP_ATTRIBUTION) || defined(FEATURE_DEVDAX)   /* its only users */
 struct fault_stash {
 	u64 address;
 };
+#ifdef HAVE_TASK_STORAGE
 BPF_TASK_STORAGE(stash, struct fault_stash);
+#else
+/* Before 5.11 (no BPF task storage): an LRU hash keyed by thread id, bounded by
+ * STASH_ENTRIES, the least recently faulting threads evicted first (loader.stash_defines). */
+BPF_TABLE("lru_hash", u32, struct fault_stash, stash, STASH_ENTRIES);
+#endif
+
+#endif
 
 #endif /* PMEMTRACE_STASH_H */

@@ -9,7 +9,6 @@ VMA churn. `soak` tests run ~60 s by default; PMEMTRACE_SOAK_SECONDS=600 is the 
 import json
 import os
 import queue
-import shutil
 import subprocess
 import sys
 import threading
@@ -17,39 +16,17 @@ import time
 
 import pytest
 
-from testkit import ROOT, WORKLOADS
+from testkit import ROOT, live_workloads
 
 pytestmark = pytest.mark.live
 PYTHON = sys.executable
 BOUNDARIES = 50
 
 
-def cannot_run(why):
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"live test cannot run under CI: {why}")
-    pytest.skip(why)
-
 
 @pytest.fixture(scope="module")
 def bins(tmp_path_factory):
-    if os.geteuid() != 0:
-        cannot_run("needs root")
-    if shutil.which("gcc") is None:
-        cannot_run("needs gcc")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        cannot_run("needs bcc (python3-bpfcc)")
-    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-        if "[never]" in f.read():
-            cannot_run("THP is disabled (enabled=never)")
-    out = tmp_path_factory.mktemp("exact_workloads")
-    paths = {}
-    for name in ("hotkey", "thp_churn", "vma_churn", "top_churn"):
-        dst = str(out / name)
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", dst, str(WORKLOADS / f"{name}.c")], check=True)
-        paths[name] = dst
-    return paths
+    return live_workloads(tmp_path_factory.mktemp("exact_workloads"), ("hotkey", "thp_churn", "vma_churn", "top_churn"))
 
 
 class Top:

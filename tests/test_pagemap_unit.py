@@ -107,7 +107,7 @@ class FakeKernel:
 def test_scan_loop_covers_range_once(monkeypatch, vec_len):
     regions = [(i * K4, (i + 1) * K4, 8 if i % 2 else 0) for i in range(11)]
     fake = FakeKernel(regions)
-    monkeypatch.setattr(pm, "_ioctl_scan", fake)
+    monkeypatch.setattr(pm.scanner, "_ioctl_scan", fake)   # where scan_regions_fd looks it up
     got = list(pm.scan_regions_fd(-1, 0, 11 * K4, return_mask=0xFF, vec_len=vec_len))
     assert got == regions
     assert fake.calls == -(-11 // vec_len)                     # ceil: each call fills the vector
@@ -400,13 +400,14 @@ def test_collect_pid_gone_mid_read_is_process_exited(monkeypatch, smaps):
 
     monkeypatch.setattr(pm, "PageMap", OpenPageMap)
     monkeypatch.setattr(procfs, "check_pid", lambda pid: "pw")
-    monkeypatch.setattr(procfs, "read_smaps", lambda pid: smaps)
+    monkeypatch.setattr(procfs, "read_smaps", lambda pid, *args, **kwargs: smaps)
     monkeypatch.setattr(pm, "scan", vanished)
+    monkeypatch.setattr(pm, "scan_split", lambda pid, ranges, pmap=None: vanished(pid, 0, 0))
     monkeypatch.setattr(pm, "scan_fallback", vanished)
     monkeypatch.setattr(vmas, "file_facts", lambda pid, m: vmas.FileFacts())
     with pytest.raises(ProcessExited):
         pages.collect(1234)
-    monkeypatch.setattr(procfs, "read_smaps", lambda pid: [])
+    monkeypatch.setattr(procfs, "read_smaps", lambda pid, *args, **kwargs: [])
     monkeypatch.setattr(pm, "process_alive", lambda pid: False)
     with pytest.raises(ProcessExited):
         pages.collect(1234)

@@ -23,7 +23,7 @@ HOSTILE_COMM = "[red]x[/red]\x1b[2J\nevil"
 POLICY = kernel.ThpPolicy("madvise", "madvise", "never", {2 * MIB: "inherit"})
 
 VMA_KEYS = {"start", "end", "perms", "backing", "path", "rss_bytes", "huge_bytes", "small_bytes", "dax",
-            "vm_sync", "thp_eligible", "thp_reason"}
+            "vm_sync", "thp_eligible", "thp_reason", "offset", "vmflags"}
 FAULT_COLUMNS = {"faults", "huge_faults", "dax_pmd_faults", "dax_pte_faults", "dax_fallbacks", "dax_needdsync",
                  "dax_fallback_causes", "map_sync_latency_log2_ns", "madvise"}
 
@@ -66,8 +66,17 @@ def test_visible():
     assert report.visible(vma(0, 0, 0), True)
     assert report.visible(vma(4096, 0, 4096), False)
     assert report.visible(vma(0, 4 * MIB, 0), False)          # hugetlb pages are not counted in Rss
-    assert not report.visible(vma(0, None, None), False)      # DAX, unknown sizes, nothing resident
     assert report.visible(vma(0, None, 8192), False)
+
+
+def test_dax_vma_is_never_hidden():
+    """A DAX VMA shows even with nothing resident or residency unknown (smaps before 6.15 counts
+    no DAX pages: the 6.1 guest once lost a 16 MiB fs-dax VMA this way)."""
+    for rss, huge, small in ((0, 0, 0), (None, None, None), (0, None, None)):
+        v = vma(rss, huge, small)
+        assert not report.visible(v, False)
+        v.dax = "fsdax"
+        assert report.visible(v, False)
 
 
 # ---------------------------------------------------------------- JSON
@@ -80,12 +89,13 @@ def test_json_schema(proc):
     assert data["kernel"] == os.uname().release
     assert data["source"] == "smaps"
     assert data["thp"] == {"enabled": "madvise", "defrag": "madvise", "shmem_enabled": "never"}
-    assert set(data["totals"]) == {"rss_bytes", "huge_bytes", "small_bytes"}
+    assert set(data["totals"]) == {"rss_bytes", "huge_bytes", "small_bytes", "huge_share"}
     for v in data["vmas"]:
         assert set(v) == VMA_KEYS
         assert isinstance(v["start"], int) and isinstance(v["end"], int) and v["start"] < v["end"]
         assert isinstance(v["vm_sync"], bool) and isinstance(v["thp_eligible"], bool)
     assert "duration" not in data and "unmapped" not in data
+    assert data["policy"]["kernel"] == os.uname().release and isinstance(data["time"], float)
 
 
 def test_json_hides_vmas_without_resident_pages(proc):
@@ -103,27 +113,56 @@ def test_json_values_from_smaps(proc):
     hg = by_start(data, HG)
     assert hg == {"start": HG, "end": HG + 8 * MIB, "perms": "rw-p", "backing": "anon", "path": "",
                   "rss_bytes": 8 * MIB, "huge_bytes": 8 * MIB, "small_bytes": 0, "dax": "none",
-                  "vm_sync": False, "thp_eligible": True, "thp_reason": "MADV_HUGEPAGE on this VMA (VmFlags hg)"}
+                  "vm_sync": False, "thp_eligible": True, "thp_reason": "MADV_HUGEPAGE on this VMA (VmFlags hg)",
+                  "offset": 0, "vmflags": ["ac", "hg", "me", "mr", "mw", "rd", "wr"]}
     nl = [v for v in data["vmas"] if v["path"] == "/tmp/fx/dir/new\nline.bin"][0]
     assert (nl["backing"], nl["rss_bytes"], nl["small_bytes"], nl["perms"]) == ("file", 8 * KIB, 8 * KIB, "rw-s")
     # totals: the whole process, as smaps_rollup-style sums of what is shown
     blocks = fixture_blocks()
-    assert data["totals"] == {"rss_bytes": sum(b.get("Rss") for b in blocks),
-                              "huge_bytes": 8 * MIB,
-                              "small_bytes": sum(b.get("Rss") for b in blocks) - 8 * MIB}
+    rss = sum(b.get("Rss") for b in blocks)
+    assert data["totals"] == {"rss_bytes": rss, "huge_bytes": 8 * MIB, "small_bytes": rss - 8 * MIB,
+                              "huge_share": round(8 * MIB / rss, 4)}
     assert data["totals"]["rss_bytes"] == 21880 * KIB
 
 
-def test_json_totals_skip_unknown_sizes(proc):
-    dax = vmas.Vma(0x7f4c00000000, 0x7f4c40000000, "rw-s", "device-dax", "/dev/dax0.0", 0, None, None,
+def test_json_totals_unknown_when_a_term_is_unknown(proc):
+    dax = vmas.Vma(0x7f4c00000000, 0x7f4c40000000, "rw-s", "device-dax", "/dev/dax0.0", 64 * MIB, None, None,
                    "devdax", True, False, "DAX: ...")
     proc.vmas.append(dax)
     proc.notes.append("no PAGEMAP_SCAN")
-    data = report.build_json(proc, True, POLICY)
+    data = report.build_json(proc, False, POLICY)
     d = by_start(data, 0x7f4c00000000)
     assert d["huge_bytes"] is None and d["small_bytes"] is None and d["vm_sync"] is True
-    assert data["totals"]["huge_bytes"] == 8 * MIB
+    assert d["rss_bytes"] == 64 * MIB
+    t = data["totals"]
+    assert t["rss_bytes"] == 21880 * KIB + 64 * MIB
+    assert t["huge_bytes"] is None and t["small_bytes"] is None and t["huge_share"] is None
     assert data["notes"] == ["no PAGEMAP_SCAN"]
+    text = render_text(data)[1]
+    assert "a total shown ? includes a VMA whose value is unknown" in text
+    row = [ln for ln in text.splitlines() if "7f4c00000000" in ln][0]
+    assert re.search(r"device-dax\s+64M\s+\?\s+\?\s+devdax", row), row
+
+
+def test_json_unknown_rss_is_null_and_shown_as_question_mark(proc):
+    dax = vmas.Vma(0x7f4c00000000, 0x7f4c01000000, "rw-s", "file", "/mnt/x", None, None, None,
+                   "fsdax", False, False, "DAX: ...")
+    proc.vmas.append(dax)
+    data = report.build_json(proc, False, POLICY)
+    assert by_start(data, 0x7f4c00000000)["rss_bytes"] is None
+    assert data["totals"]["rss_bytes"] is None
+    row = [ln for ln in render_text(data)[1].splitlines() if "7f4c00000000" in ln][0]
+    assert re.search(r"file\s+\?\s+\?\s+\?\s+fsdax", row), row
+
+
+def test_huge_plus_small_is_rss_for_every_known_vma(proc):
+    """The invariant on the captured smaps (smaps source: small = Rss - huge)."""
+    data = report.build_json(proc, True, POLICY)
+    known = [v for v in data["vmas"] if None not in (v["rss_bytes"], v["huge_bytes"], v["small_bytes"])]
+    assert len(known) == 116
+    for v in known:
+        if v["backing"] != "hugetlb":
+            assert v["huge_bytes"] + v["small_bytes"] == v["rss_bytes"], v
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import threading
 import time
 
 import pytest
+from testkit import cannot_run, live_workloads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKLOADS = os.path.join(ROOT, "tests", "workloads")
@@ -26,32 +27,10 @@ MIB = 1 << 20
 pytestmark = pytest.mark.live
 
 
-def cannot_run(why):
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"live test cannot run under CI: {why}")
-    pytest.skip(why)
-
 
 @pytest.fixture(scope="module")
 def bins(tmp_path_factory):
-    if os.geteuid() != 0:
-        cannot_run("needs root")
-    if shutil.which("gcc") is None:
-        cannot_run("needs gcc")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        cannot_run("needs bcc (python3-bpfcc)")
-    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-        if "[never]" in f.read():
-            cannot_run("THP is disabled (enabled=never)")
-    out = tmp_path_factory.mktemp("top_workloads")
-    paths = {}
-    for name in ("top_thp", "top_comm", "top_churn"):
-        dst = str(out / name)
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", dst, os.path.join(WORKLOADS, f"{name}.c")], check=True)
-        paths[name] = dst
-    return paths
+    return live_workloads(tmp_path_factory.mktemp("top_workloads"), ("top_thp", "top_comm", "top_churn"))
 
 
 # ----------------------------------------------------------------- BPF programs held by a process

@@ -354,3 +354,25 @@ def test_file_facts_and_backing_of_live_mappings():
         shm.close()
         zero.close()
         os.close(fd)
+
+
+# ---------------------------------------------------------------- DAX residency, any kernel
+
+def test_dax_residency_with_pagemap_scan_is_huge_plus_small():
+    from pmemtrace import pagemap
+    res = vmas.dax_residency(1, [(0, 1), (2, 3)], True, {4: (64 << 20, 0), 7: (0, 16 << 20)}, [4, 7])
+    assert [(r.rss, r.huge, r.small, r.source) for r in res] == [
+        (64 << 20, 64 << 20, 0, pagemap.SOURCE_SCAN), (16 << 20, 0, 16 << 20, pagemap.SOURCE_SCAN)]
+
+
+def test_dax_notes_say_what_is_known():
+    from pmemtrace.pagemap import DaxResidency
+    assert vmas.dax_notes([DaxResidency(1, 1, 0, "PAGEMAP_SCAN")], True) == []
+    assert vmas.dax_notes([], False) == []
+    notes = vmas.dax_notes([DaxResidency(64 << 20, None, None, "pagemap", 32),
+                            DaxResidency(16 << 20, 0, 16 << 20, "pagemap")], False)
+    text = " ".join(notes)
+    assert "present bits of /proc/PID/pagemap" in notes[0]
+    assert "PAGEMAP_SCAN" in text and "unavailable" in text and "--duration" in text and "32 " in text
+    assert "4 KiB where no 2 MiB block can be one PMD leaf" in text and "PM_FILE" in text
+    assert "unknown (?)" in " ".join(vmas.dax_notes([DaxResidency(None, None, None, "pagemap")], False))

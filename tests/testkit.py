@@ -1,7 +1,11 @@
 """Helpers the test files import (conftest.py is not importable by name: tests/dax has its own)."""
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ROOT / "tests" / "workloads"
@@ -16,3 +20,32 @@ def run_cli(*args, timeout=120, check=False, **kwargs) -> subprocess.CompletedPr
         raise AssertionError(f"pmemtrace {' '.join(map(str, args))} exited {proc.returncode}:\n"
                              f"{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def cannot_run(why: str) -> None:
+    """A live test that cannot run here: a failure under CI (never a silent skip), else a skip."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"live test cannot run under CI: {why}")
+    pytest.skip(why)
+
+
+def live_workloads(out: Path, names) -> dict:
+    """Check what live THP tests need (root, gcc, bcc, THP not disabled), then compile
+    tests/workloads/NAME.c for each name into out; name -> binary path."""
+    if os.geteuid() != 0:
+        cannot_run("needs root")
+    if shutil.which("gcc") is None:
+        cannot_run("needs gcc")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        cannot_run("needs bcc (python3-bpfcc)")
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+        if "[never]" in f.read():
+            cannot_run("THP is disabled (enabled=never)")
+    paths = {}
+    for name in names:
+        dst = str(out / name)
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", dst, str(WORKLOADS / f"{name}.c")], check=True)
+        paths[name] = dst
+    return paths

@@ -39,6 +39,8 @@ BTF_VALUES = (
     ("VM_FAULT_NOPAGE", "vm_fault_reason", "DAX fault outcomes: mapped"),
     ("VM_FAULT_FALLBACK", "vm_fault_reason", "DAX fault outcomes: PMD fallback"),
     ("VM_FAULT_NEEDDSYNC", "vm_fault_reason", "DAX fault outcomes: MAP_SYNC NEEDDSYNC"),
+    ("BPF_MAP_TYPE_TASK_STORAGE", "bpf_map_type",
+     "BPF task storage (5.11+) for the fault address: a bounded LRU hash by thread id is used instead"),
 )
 
 
@@ -187,7 +189,9 @@ def check_pagemap_scan(supported: Optional[Callable[[], bool]] = None) -> List[C
         return [Check("PAGEMAP_SCAN", OK, f"supported ({release}): huge/small bytes per VMA come from the "
                       "page tables, DAX pages included")]
     return [Check("PAGEMAP_SCAN", WARN, f"not supported ({release}; needs Linux 6.7+): huge/small bytes come "
-                  "from smaps instead, which is blind to DAX pages", "a 6.7 or newer kernel")]
+                  "from smaps; DAX RSS from the present bits of /proc/PID/pagemap; the mapping size of DAX "
+                  "pages is known only where no 2 MiB block can be PMD-mapped, else unknown (report "
+                  "--duration observes DAX faults)", "a 6.7 or newer kernel")]
 
 
 def check_thp(policy: kernel.ThpPolicy) -> List[Check]:
@@ -395,8 +399,29 @@ def collect() -> List[Check]:
     checks += check_hugetlb(kernel.hugetlb_pools())
     checks += check_dax(tracefs=root)
     checks += check_top_mechanisms(_syscall_kprobes(root) if root else (False, "no tracefs"), root)
+    checks += check_folios() + check_thp_fallback_attribution()
     checks += check_probes(not any(c.status == FAIL for c in checks))
     return checks
+
+
+def check_folios(kpageflags: str = "/proc/kpageflags") -> List[Check]:
+    """Folio sizes (report's folio keys, `pmemtrace folios`) need PAGEMAP_SCAN and kpageflags."""
+    try:
+        with open(kpageflags, "rb") as f:
+            f.read(8)
+    except OSError as e:
+        return [Check("folio sizes", WARN, f"{kpageflags} cannot be read ({e.strerror or e}): folio sizes of "
+                      "PTE-mapped memory are reported unknown (null); PMD/PUD-mapped bytes stay known",
+                      "run as root on a kernel with CONFIG_PROC_PAGE_MONITOR=y")]
+    return [Check("folio sizes", OK, "PAGEMAP_SCAN + /proc/kpageflags: folio size of every resident byte per VMA")]
+
+
+def check_thp_fallback_attribution() -> List[Check]:
+    """Anonymous THP fault fallbacks per process: there is no exact signal (see README)."""
+    return [Check("THP fallbacks per process", WARN,
+                  "no exact per-process signal: THP_FAULT_FALLBACK is a global vm event and a per-size mTHP "
+                  "stat, never a memcg event (memcg:count_memcg_events does not fire for it), and no tracepoint "
+                  "lies on the fallback path; fallbacks are counted system-wide only (top's header)")]
 
 
 def exit_status(checks: Iterable[Check]) -> int:

@@ -14,14 +14,13 @@ reads and renders.
 """
 import os
 import select
-import signal
 import sys
 import time
 from dataclasses import dataclass, replace
 from typing import List, Optional
 
-from .. import kernel, procfs
-from ..errors import ProcessExited
+from .. import kernel, procfs, signals
+from ..errors import Interrupted, ProcessExited
 from ..interval import SORT_KEYS, Model, features_for
 from .top_render import json_line, plain_lines, render
 
@@ -120,7 +119,8 @@ class Keys:
     def __exit__(self, *exc):
         if self.fd is not None and self.saved is not None:
             import termios
-            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+            with signals.deferred():         # a signal now must not leave the terminal in cbreak mode
+                termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
 
     def wait(self, timeout: float) -> Optional[str]:
         """A key pressed within timeout seconds, or None."""
@@ -175,18 +175,16 @@ def run(interval=1.0, count=None, noclear=False, maxrows=20, sort_key="huge_faul
         procfs.check_pid(pid)
     try:
         from .. import pagemap
-        huge_small = pagemap.huge_small_bytes if pagemap.scan_supported() else None
+        huge_small = pagemap.dax_huge_small     # DAX: page tables on every kernel (None: unknown)
     except (ImportError, AttributeError, OSError):
         huge_small = None
     tty = out.isatty() and not as_json
-    old_term = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum, frame):
-        raise _Stop()
-    signal.signal(signal.SIGTERM, on_term)
+    # SIGINT/SIGTERM: recorded at any moment, acted on only where it is safe (pmemtrace.signals)
+    installed = signals.install()
     probes = None
     try:
-        probes = probes_factory(features, pid)
+        probes = probes_factory(features, pid)      # a signal during attach waits for it, then we detach
+        signals.check()
         # DAX PMD fallbacks are counted when that probe is attached (loader.Probes and NoProbes say)
         fallbacks_known = "dax" in probes.features and "fs_dax:dax_pmd_fault_done" not in probes.missing
         model = Model(exact=exact, pid=pid, comm=comm, dax_only=dax_only, huge_small=huge_small,
@@ -198,17 +196,20 @@ def run(interval=1.0, count=None, noclear=False, maxrows=20, sort_key="huge_faul
         probes.snapshot()          # start the first interval with empty maps
         state = ViewState(sort_key=sort_key)
         first = model.initial_frame()     # the state now, at once; then one frame per interval
-        if tty:
-            _loop_tty(model, probes, interval, count, noclear, maxrows, state, out, first)
-        else:
-            _emit(out, first, state, maxrows, as_json)
-            _loop_lines(model, probes, interval, count, maxrows, state, as_json, out)
-    except (KeyboardInterrupt, _Stop):
+        with signals.interruptible():
+            if tty:
+                _loop_tty(model, probes, interval, count, noclear, maxrows, state, out, first)
+            else:
+                _emit(out, first, state, maxrows, as_json)
+                _loop_lines(model, probes, interval, count, maxrows, state, as_json, out)
+    except (KeyboardInterrupt, _Stop, Interrupted):
         pass
     finally:
-        if probes is not None:
-            probes.close()
-        signal.signal(signal.SIGTERM, old_term)
+        with signals.deferred():
+            if probes is not None:
+                probes.close()
+            if installed:
+                signals.uninstall()
     return 0
 
 
@@ -319,4 +320,5 @@ def _loop_tty(model, probes, interval, count, noclear, maxrows, state, out, firs
                     console.print(draw())
         finally:
             if live is not None:
-                live.stop()
+                with signals.deferred():     # leave the alternate screen even if a signal comes now
+                    live.stop()

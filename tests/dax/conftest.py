@@ -2,8 +2,8 @@
 run tests/dax/guest inside them; every guest test becomes one host test per kernel.
 
 Environment:
-  PMEMTRACE_DAX_KERNELS   comma list of bookworm (6.1), backports (6.12), sid (newest), or all;
-                          default all three, or bookworm,sid under CI=true
+  PMEMTRACE_DAX_KERNELS   comma list of bullseye (5.10), bookworm (6.1), backports (6.12), sid (newest), or all;
+                          default all four, or bookworm,sid under CI=true
   PMEMTRACE_DAX_CACHE     kernel cache directory (default tests/dax/cache)
   PMEMTRACE_DAX_REFRESH=1 re-resolve the suites' current kernels now (else weekly)
   PMEMTRACE_DAX_TIMEOUT   seconds one guest may run before it is killed (default 600)

@@ -21,6 +21,7 @@ DEFAULT_URI = "http://deb.debian.org/debian"
 
 # name -> Debian suite. "newest" is whatever sid's linux-image-amd64 points at today.
 SUITES = {
+    "bullseye": "bullseye",            # 5.10 (stock; no task storage, no PAGEMAP_SCAN)
     "bookworm": "bookworm",            # 6.1 (stock)
     "backports": "bookworm-backports",  # 6.12
     "sid": "sid",                      # newest (7.x at the time of writing)
@@ -60,13 +61,13 @@ def cache_dir():
 
 def selected_kernels():
     """Kernel names chosen by PMEMTRACE_DAX_KERNELS (comma list; 'all'); default:
-    all three, or 6.1 + newest under CI=true (the tier's CI budget)."""
+    all four, or 6.1 + newest under CI=true (the tier's CI budget)."""
     env = os.environ.get("PMEMTRACE_DAX_KERNELS", "").strip()
     if env:
         if env == "all":
             return list(SUITES)
         names = [n.strip() for n in env.split(",") if n.strip()]
-        aliases = {"6.1": "bookworm", "6.12": "backports", "newest": "sid", "7": "sid"}
+        aliases = {"5.10": "bullseye", "6.1": "bookworm", "6.12": "backports", "newest": "sid", "7": "sid"}
         names = [aliases.get(n, n) for n in names]
         bad = [n for n in names if n not in SUITES]
         if bad:

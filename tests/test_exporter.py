@@ -1,0 +1,275 @@
+"""`pmemtrace exporter`, scraped by a real Prometheus.
+
+Unit: counters never go down across pid reuse and top-N changes; bad --listen values; the
+shipped rules pass `promtool check rules`. Live (root): Debian's prometheus (make test-deps
+installs it) started by the test on 127.0.0.1 with a temporary storage dir and a 1 s scrape
+interval; a PromQL query returns the workload's exact huge bytes (64 MiB of THP -> 67108864);
+the shipped PmemtraceHugeShareDropped rule fires for a coverage drop the test makes;
+`promtool check metrics` passes on the exposition.
+"""
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pmemtrace import exporter, sampler
+from pmemtrace.errors import NotRoot
+from testkit import ROOT, run_cli
+
+DEPLOY = ROOT / "pmemtrace" / "deploy"
+RULES = DEPLOY / "pmemtrace-rules.yml"
+MIB = 1 << 20
+
+
+def need(tool):
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} is not installed: run `make test-deps` (apt-get install prometheus)")
+    return path
+
+
+# ----------------------------------------------------------------- unit
+
+def frame(rows):
+    return {"processes": [{"pid": p, "faults": f, "huge_faults": h} for p, f, h in rows],
+            "system": {"dax": {}}, "lost_events": 0}
+
+
+def counters(series):
+    out = {(p["pid"], p["start"]): (p["page_faults"], p["huge_faults"]) for p in series.processes}
+    out[("other", "")] = (series.other["page_faults"], series.other["huge_faults"])
+    return out
+
+
+def test_counters_never_go_down_across_pid_reuse_and_top_n():
+    fields = sampler.Tracked.__dataclass_fields__
+    if "huge" not in fields:
+        pytest.fail(f"sampler.Tracked changed: {list(fields)}")
+
+    def t(pid, start, rss):
+        kw = {k: 0 for k in fields if k not in ("pid", "starttime", "comm", "huge")}
+        return sampler.Tracked(pid=pid, starttime=start, comm=f"c{pid}", huge=sampler.HugeBytes(rss=rss), **kw)
+
+    st = exporter.State(max_processes=1)
+    seen = {}
+
+    def check(series):
+        for key, vals in counters(series).items():
+            prev = seen.get(key, (0, 0))
+            assert vals[0] >= prev[0] and vals[1] >= prev[1], (key, prev, vals)
+            seen[key] = vals
+
+    # pid 10 is the biggest: its own series; pid 11 goes to "other"
+    check(st.add(frame([(10, 5, 1), (11, 7, 0)]), {10: t(10, 100, 50), 11: t(11, 200, 10)}))
+    assert counters(st.add(frame([]), {10: t(10, 100, 50), 11: t(11, 200, 10)}))[("10", "100")] == (5, 1)
+    # 11 grows past 10: 10 leaves the top N (its totals are kept, not exposed), 11's series starts at 0
+    s = st.add(frame([(10, 3, 0), (11, 4, 0)]), {10: t(10, 100, 50), 11: t(11, 200, 90)})
+    check(s)
+    assert counters(s)[("11", "200")] == (4, 0) and counters(s)[("other", "")] == (7 + 3, 0)
+    # 10 comes back on top: continues from 5, never from 0
+    s = st.add(frame([(10, 1, 0)]), {10: t(10, 100, 99), 11: t(11, 200, 90)})
+    check(s)
+    assert counters(s)[("10", "100")] == (6, 1)
+    # pid 10 exits and is reused by another program: a new series (new start), the old one is gone
+    s = st.add(frame([(None, 2, 0), (10, 9, 0)]), {10: t(10, 300, 99)})
+    check(s)
+    assert counters(s)[("10", "300")] == (9, 0) and ("10", "100") not in counters(s)
+    assert counters(s)[("other", "")] == (12, 0)         # the (exited) row adds to other
+
+
+@pytest.mark.parametrize("listen,code", [("foo", 17), ("1.2.3.4:0", 17), (":99999", 17),
+                                         ("not-an-ip:9", 17), ("1.2.3.4:9", None)])
+def test_parse_listen(listen, code):
+    if code is None:
+        assert exporter.parse_listen(listen) == ("1.2.3.4", 9)
+    else:
+        with pytest.raises(exporter.BadListenAddress) as e:
+            exporter.parse_listen(listen)
+        assert e.value.exit_code == code
+
+
+def test_bad_listen_is_one_line_and_its_own_exit_code():
+    r = run_cli("exporter", "--listen", "nonsense")
+    assert r.returncode == 17 and r.stdout == ""
+    assert r.stderr.startswith("pmemtrace: --listen 'nonsense'") and r.stderr.count("\n") == 1
+
+
+def test_not_root(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(NotRoot):
+        exporter.run(listen="127.0.0.1:1", bpf=False)
+
+
+def test_shipped_rules_pass_promtool():
+    r = subprocess.run([need("promtool"), "check", "rules", str(RULES)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS: 4 rules found" in r.stdout
+
+
+def test_exposition_passes_promtool_check_metrics():
+    from prometheus_client import generate_latest
+    registry, _ = exporter.build(max_processes=5, probes=None)
+    text = generate_latest(registry)
+    r = subprocess.run([need("promtool"), "check", "metrics"], input=text, capture_output=True)
+    assert r.returncode == 0, (r.stdout + r.stderr).decode()
+    names = set(re.findall(rb"^# TYPE (\S+)", text, re.M))
+    assert {b"pmemtrace_huge_bytes", b"pmemtrace_page_faults_total", b"pmemtrace_thp_policy_info",
+            b"pmemtrace_lost_events_total", b"pmemtrace_scrape_duration_seconds_total",
+            b"pmemtrace_mthp_anon_fault_alloc_total", b"pmemtrace_dax_faults_total"} <= names
+    # bounded: 5 processes + other per process metric
+    assert len(re.findall(rb"^pmemtrace_resident_bytes\{", text, re.M)) <= 6
+
+
+# ----------------------------------------------------------------- live: a real Prometheus
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, timeout=30.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.read()
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
+def promql(base, query):
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=5) as r:
+        body = json.load(r)
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def wait_for(fn, timeout, what):
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: not within {timeout} s (last: {last})")
+
+
+@pytest.fixture
+def prometheus_and_exporter(tmp_path):
+    prom = need("prometheus")
+    eport, pport = free_port(), free_port()
+    # the shipped rules, with the alert's `for: 10m` shortened so that the test need not wait
+    rules = tmp_path / "rules.yml"
+    rules.write_text(re.sub(r"for: \d+m", "for: 0s", RULES.read_text()))
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files:\n  - {rules}\n"
+        "scrape_configs:\n  - job_name: pmemtrace\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{eport}']\n")
+    exp = subprocess.Popen([sys.executable, "-m", "pmemtrace", "exporter", "--listen", f"127.0.0.1:{eport}",
+                            "--no-bpf", "--max-processes", "50"], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    srv = subprocess.Popen([prom, f"--config.file={tmp_path / 'prometheus.yml'}",
+                            f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{pport}"],
+                           stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w"))
+    try:
+        wait_http(f"http://127.0.0.1:{eport}/metrics")
+        wait_http(f"http://127.0.0.1:{pport}/-/ready")
+        yield f"http://127.0.0.1:{pport}", f"http://127.0.0.1:{eport}/metrics"
+    finally:
+        for p in (srv, exp):
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        assert exp.returncode in (0, -15), exp.stderr.read() if exp.stderr else ""
+
+
+HUGE_DROP = r"""
+import mmap, sys
+open("/proc/self/comm", "w").write(sys.argv[1])
+MIB = 1 << 20
+# private: mmap.mmap(-1, n) alone is MAP_SHARED, i.e. shmem, which THP's shmem_enabled (never here)
+# governs, not MADV_HUGEPAGE
+m = mmap.mmap(-1, 66 * MIB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+m.madvise(mmap.MADV_HUGEPAGE)
+for off in range(0, len(m), 4096):
+    m[off] = 1
+print("huge", flush=True)
+sys.stdin.readline()
+m.madvise(mmap.MADV_DONTNEED)          # every THP gone ...
+m.madvise(mmap.MADV_NOHUGEPAGE)        # ... and faulted back as 4 KiB pages
+for off in range(0, len(m), 4096):
+    m[off] = 1
+print("small", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.live
+def test_real_prometheus_exact_huge_bytes_and_alert(prometheus_and_exporter, build_workload, tmp_path):
+    base, metrics_url = prometheus_and_exporter
+    thp = subprocess.Popen([build_workload("top_thp"), "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    comm = "pmt_drop_" + str(os.getpid() % 10000)
+    script = tmp_path / "drop.py"
+    script.write_text(HUGE_DROP)
+    drop = subprocess.Popen([sys.executable, str(script), comm],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        while "ready" not in thp.stdout.readline():
+            pass
+        assert drop.stdout.readline().strip() == "huge"
+        # 1. exact huge bytes of the workload, through PromQL
+        q = f'pmemtrace_huge_bytes{{pid="{thp.pid}"}}'
+        res = wait_for(lambda: [r for r in promql(base, q) if r["value"][1] == str(64 * MIB)], 30, q)
+        assert res[0]["value"][1] == "67108864"
+        assert res[0]["metric"]["comm"] == "top_thp" and res[0]["metric"]["job"] == "pmemtrace"
+
+        # 2. the exposition itself passes promtool
+        text = urllib.request.urlopen(metrics_url, timeout=5).read()
+        r = subprocess.run([need("promtool"), "check", "metrics"], input=text, capture_output=True)
+        assert r.returncode == 0, (r.stdout + r.stderr).decode()
+
+        # 3. a coverage drop the test makes: the shipped alert fires for that comm, and only after the drop
+        share = f'pmemtrace:huge_share:comm{{comm="{comm}"}}'
+        wait_for(lambda: [x for x in promql(base, share) if float(x["value"][1]) > 0.5], 30, share)
+        assert not firing(base, comm)
+        drop.stdin.write("\n")
+        drop.stdin.flush()
+        assert drop.stdout.readline().strip() == "small"
+        alert = wait_for(lambda: firing(base, comm), 60, "PmemtraceHugeShareDropped firing")
+        assert alert[0]["labels"]["alertname"] == "PmemtraceHugeShareDropped"
+    finally:
+        for p in (thp, drop):
+            p.stdin.close()
+            p.wait(10)
+
+
+def firing(base, comm):
+    with urllib.request.urlopen(f"{base}/api/v1/alerts", timeout=5) as r:
+        alerts = json.load(r)["data"]["alerts"]
+    return [a for a in alerts if a["state"] == "firing" and a["labels"].get("comm") == comm]
+
+
+def test_deploy_files_are_package_data():
+    assert {p.name for p in DEPLOY.iterdir()} >= {"prometheus.yml", "pmemtrace-rules.yml",
+                                                  "pmemtrace-exporter.service"}
+    assert "pmemtrace exporter" in (DEPLOY / "pmemtrace-exporter.service").read_text()
+    cfg = (ROOT / "setup.cfg").read_text()
+    assert "pmemtrace = deploy/*" in cfg and "prometheus_client" in cfg
+    assert Path(exporter.__file__).parent / "deploy" == DEPLOY

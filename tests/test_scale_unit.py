@@ -1,0 +1,128 @@
+"""The many-VMA paths on captured /proc fixtures: the layout parser of smaps equals the line
+parser, however the text is cut; the JSON writers equal json.dumps; region splitting."""
+import io
+import json
+import os
+
+import pytest
+
+from pmemtrace import jsonout, pagemap, procfs
+from pmemtrace.views import report
+
+FIX = os.path.join(os.path.dirname(__file__), "fixtures")
+SMAPS = ["proc-6.18/smaps", "proc-6.18-kinds/smaps", "pagemap_workload_smaps.txt"]
+
+
+def raw(name):
+    with open(os.path.join(FIX, name), "rb") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("name", SMAPS)
+@pytest.mark.parametrize("read_size,piece", [(1, 1), (777, 100), (4096, 5000), (1 << 20, 1 << 20)])
+def test_layout_parser_equals_line_parser(name, read_size, piece):
+    data = raw(name)
+    slow = procfs.parse_smaps(data.decode("utf-8", "surrogateescape"))
+    parser = procfs.SmapsParser(None)
+    chunks = [data[i:i + read_size] for i in range(0, len(data), read_size)]
+    fast = [b for p in procfs.smaps_pieces(chunks, piece) for b in parser.parse(p)]
+    assert parser.slow_pieces == 0
+    assert [b.map for b in fast] == [b.map for b in slow]
+    assert [dict(b.counters) for b in fast] == [b.counters for b in slow]
+    assert [b.vmflags for b in fast] == [b.vmflags for b in slow]
+
+
+def test_only_the_keys_asked_for():
+    parser = procfs.SmapsParser(("Rss", "THPeligible"))
+    blocks = parser.parse(raw("proc-6.18/smaps"))
+    b = [x for x in blocks if x.get("Rss")][0]
+    assert set(b.counters) == {"Rss", "THPeligible"}
+    with pytest.raises(KeyError, match="was not read"):
+        b.get("Anonymous")
+
+
+def test_a_piece_that_does_not_fit_the_layout_is_parsed_line_by_line():
+    data = raw("proc-6.18/smaps")
+    first_end = data.index(b"\nVmFlags:")
+    # a block with one line more than the layout learned from the first block
+    odd = data[:first_end] + b"\nExtra:                 4 kB" + data[first_end:]
+    parser = procfs.SmapsParser(None)
+    parser.layout = procfs.smaps_layout(data, None)
+    got = parser.parse(odd)
+    assert parser.slow_pieces == 1
+    assert got[0].get("Extra") == 4096
+    assert len(got) == len(procfs.parse_smaps(data.decode("utf-8", "surrogateescape")))
+
+
+def test_split_huge_small_cuts_regions_at_range_edges():
+    H, S = pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE, pagemap.PAGE_IS_PRESENT
+    regions = [(0, 100, S), (100, 300, H), (400, 500, S)]
+    assert pagemap.split_huge_small(regions, [(0, 50), (50, 150), (150, 450), (600, 700)]) == [
+        (0, 50), (50, 50), (150, 50), (0, 0)]
+
+
+def test_vma_json_encoder_equals_json():
+    enc = report.vma_json_encoder()
+    d = {"start": 1, "end": 2, "perms": "rw-p", "backing": "file", "path": 'a "b"\n\x1b[2J\udcff',
+         "rss_bytes": 4096, "huge_bytes": None, "small_bytes": 0, "dax": "none", "vm_sync": True,
+         "thp_eligible": False, "thp_reason": "x", "offset": 8192, "vmflags": ["rd", "wr", "sf"]}
+    assert tuple(d) == report.VMA_KEYS                   # the fast path, not json's fallback
+    assert json.loads(enc(d)) == d
+    assert enc(d) == json.dumps(d)
+    dax_unknown = dict(d, rss_bytes=None)                # DAX residency that cannot be known
+    assert enc(dax_unknown) == json.dumps(dax_unknown)
+    assert json.loads(enc(dict(d, faults=3))) == dict(d, faults=3)      # other keys: json itself
+
+
+def test_write_document_parses_to_the_same_data():
+    data = {"schema": 1, "notes": ["a\nb"], "vmas": [{"x": 1}, {"y": [1, 2]}] * 3000, "totals": {"t": 2},
+            "empty": []}
+    out = io.StringIO()
+    jsonout.write_document(out, data, {"vmas": jsonout.encode, "empty": jsonout.encode})
+    assert json.loads(out.getvalue()) == data
+    assert out.getvalue().count("\n") > 6000          # one line per item
+
+
+class FakePageMap:
+    """regions() of a fixed list of PAGEMAP_SCAN regions, clipped to the range asked, as the kernel
+    would return them (it merges equal neighbours, even across VMAs)."""
+
+    def __init__(self, regions):
+        self.all = regions
+        self.calls = 0
+
+    def regions(self, start, end, **masks):
+        self.calls += 1
+        return [(max(s, start), min(e, end), c) for s, e, c in self.all if s < end and e > start]
+
+
+def test_scan_split_equals_one_scan_per_range(monkeypatch):
+    monkeypatch.setattr(pagemap.scanner, "_require_scan", lambda: 0x1FF)   # where scan and scan_split look it up
+    P, H = pagemap.PAGE_IS_PRESENT, pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE
+    K = 4096
+    regions = [(0, 8 * K, P), (8 * K, 520 * K, H), (520 * K, 600 * K, 0), (700 * K, 710 * K, P)]
+    anon, shmem = pagemap.VmaFacts("anon"), pagemap.VmaFacts("shmem")
+    ranges = [(0, 4 * K, anon), (4 * K, 10 * K, shmem), (10 * K, 560 * K, anon), (690 * K, 710 * K, anon)]
+    whole = FakePageMap(regions)
+    split = pagemap.scan_split(1, ranges, pmap=whole)
+    assert whole.calls == 1
+    one_by_one = [pagemap.scan(1, lo, hi, f, pmap=FakePageMap(regions)) for lo, hi, f in ranges]
+    assert split == one_by_one
+    assert [r.start for r in split[1]] == [4 * K, 8 * K]        # cut at the VMA edges
+
+
+def test_fast_page_run_is_a_page_run():
+    import dataclasses
+    assert tuple(f.name for f in dataclasses.fields(pagemap.PageRun))[2:] == pagemap._STATE_FIELDS
+    st = (True, False, 4096, "anon", True, None, False, False, False, None)
+    fast, slow = pagemap._page_run(0, 4096, st), pagemap.PageRun(0, 4096, *st)
+    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+
+
+def test_section_run_dicts_equal_run_dict():
+    from pmemtrace.views import pages
+    st = (True, True, 2 << 20, "anon", True, None, False, False, False, None)
+    runs = [pagemap.PageRun(0, 2 << 20, *st), pagemap.PageRun(2 << 20, 4 << 20, *st)]
+    block = procfs.Smaps(procfs.MapEntry(0, 4 << 20, "rw-p", 0, (0, 0), 0, ""))
+    sec = pages.Section(block, 0, 4 << 20, pagemap.VmaFacts("anon"), runs)
+    assert pages.section_run_dicts(sec) == [dict(pages.run_dict(r), vma_start=0) for r in runs]

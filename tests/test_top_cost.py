@@ -13,7 +13,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from pmemtrace import cli, interval, loader, procfs, sampler
+from pmemtrace import cli, interval, loader, procfs, program, sampler
 from pmemtrace.views import top
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -50,7 +50,7 @@ def attached(tracefs_root, exact=False, pid=None, syscalls=False, kprobes=False)
 
 def with_kprobes(tracefs_root, monkeypatch, kallsyms=KALLSYMS):
     (tracefs_root / "kprobe_events").write_text("")
-    monkeypatch.setattr(loader, "kallsyms_text", lambda path="/proc/kallsyms": kallsyms)
+    monkeypatch.setattr(program, "kallsyms_text", lambda path="/proc/kallsyms": kallsyms)   # where plan looks
 
 
 # ----------------------------------------------------------------- what is attached in each mode

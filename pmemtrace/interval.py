@@ -26,6 +26,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import aggregate, kernel, procfs, sampler
+from . import vma_sampler as vma_sampling
 from .backing import FileFacts, classify_backing
 from .errors import PmemtraceError, ProcessExited
 
@@ -108,20 +109,20 @@ class VmaCountCache:
         self.cache: Dict[int, tuple] = {}
         self.dax_cache: dict = {}
 
-    def peek(self, pid: int, starttime: int, dirty: bool = False) -> Optional[sampler.DaxSyncCounts]:
+    def peek(self, pid: int, starttime: int, dirty: bool = False) -> Optional[vma_sampling.DaxSyncCounts]:
         """The cached counts if still fresh, else None (no read)."""
         hit = self.cache.get(pid)
         if hit and hit[0] == starttime and not dirty and self.clock() - hit[1] < self.refresh:
             return hit[2]
         return None
 
-    def get(self, pid: int, starttime: int, dirty: bool = False) -> Optional[sampler.DaxSyncCounts]:
+    def get(self, pid: int, starttime: int, dirty: bool = False) -> Optional[vma_sampling.DaxSyncCounts]:
         hit = self.cache.get(pid)
         now = self.clock()
         if hit and hit[0] == starttime and not dirty and now - hit[1] < self.refresh:
             return hit[2]
         try:
-            counts = sampler.dax_sync_counts(pid, self.read_smaps(pid), cache=self.dax_cache)
+            counts = vma_sampling.dax_sync_counts(pid, self.read_smaps(pid), cache=self.dax_cache)
         except PmemtraceError:
             return hit[2] if hit else None
         self.cache[pid] = (starttime, now, counts)
@@ -147,7 +148,7 @@ class Model:
         self.detail = pid                  # whose VMAs are shown: -p PID, or chosen on the screen
         self.page_faults_counted = pid is not None   # the loader's "faults" feature is on (features_for)
         self.procs = proc_sampler or sampler.ProcSampler(pid=pid)
-        self.vmas = vma_sampler if vma_sampler is not None else (sampler.VmaSampler(pid) if pid else None)
+        self.vmas = vma_sampler if vma_sampler is not None else (vma_sampling.VmaSampler(pid) if pid else None)
         self.vma_cache = vma_cache or VmaCountCache()
         self.huge_small = huge_small       # pagemap.huge_small_bytes, for DAX VMAs (smaps cannot see them)
         self.dax_kind: Dict[tuple, str] = {}
@@ -258,7 +259,7 @@ class Model:
             if self.pid is None:
                 self.detail, self.vmas = None, None
             return
-        vmas = sampler.VmaSampler(pid)
+        vmas = vma_sampling.VmaSampler(pid)
         try:
             vmas.sample()
         except PmemtraceError:
@@ -384,7 +385,7 @@ class Model:
         assert self.detail is not None
         key = (b.dev, b.inode)
         if key not in self.dax_kind:
-            self.dax_kind[key] = sampler.vma_dax(self.detail, b) if b.inode else "none"
+            self.dax_kind[key] = vma_sampling.vma_dax(self.detail, b) if b.inode else "none"
         return self.dax_kind[key]
 
     def _vma_rows(self, counts: aggregate.ProbeCounts) -> List[dict]:
@@ -455,7 +456,7 @@ class Model:
 
 
 def vma_backing(v, dax: str = "none") -> str:
-    """report's BACKING category for a sampled VMA (sampler.VmaState / VmaDelta); by name where
+    """report's BACKING category for a sampled VMA (vma_sampling.VmaState / VmaDelta); by name where
     report also asks statfs (top does not read map_files for every VMA)."""
     m = procfs.MapEntry(v.start, v.end, v.perms, 0, v.dev, v.inode, v.path)
     return classify_backing(m, v.vmflags, FileFacts(dax))

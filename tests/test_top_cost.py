@@ -13,7 +13,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from pmemtrace import cli, interval, loader, procfs, program, sampler
+from pmemtrace import cli, interval, loader, procfs, program, sampler, vma_sampler
 from pmemtrace.views import top
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -181,7 +181,7 @@ def test_madv_cell_falls_back_to_vmflags():
 def test_vma_counts_count_hg_and_nh():
     text = open(os.path.join(FIX, "proc-6.18-kinds", "smaps")).read()
     blocks = procfs.parse_smaps(text)
-    vc = sampler.dax_sync_counts(1, blocks, dax_of=lambda pid, m: "none")
+    vc = vma_sampler.dax_sync_counts(1, blocks, dax_of=lambda pid, m: "none")
     assert vc.hugepage == sum("hg" in b.vmflags for b in blocks)
     assert vc.nohugepage == sum("nh" in b.vmflags for b in blocks)
     assert vc.hugepage + vc.nohugepage > 0

@@ -2,7 +2,7 @@
 smaps (which counts no DAX pages before 6.15), and are never hidden: an unknown size is None."""
 from pmemtrace import aggregate, interval
 from pmemtrace.errors import KernelFeatureMissing
-from pmemtrace.sampler import VmaDelta
+from pmemtrace.vma_sampler import VmaDelta
 
 MIB = 1 << 20
 DAX = VmaDelta(0x7f0000000000, 0x7f0004000000, "rw-s", "/mnt/ext4/f", 0, 0, 0, 0, True, frozenset({"sf"}),

@@ -14,7 +14,7 @@ import time
 import pytest
 from rich.console import Console
 
-from pmemtrace import aggregate, kernel, procfs, sampler
+from pmemtrace import aggregate, kernel, procfs, sampler, vma_sampler
 from pmemtrace.errors import NoSuchProcess, ProcessExited
 from pmemtrace import interval
 from pmemtrace.views import top, top_render
@@ -156,13 +156,13 @@ def test_mthp_stats_reader(tmp_path):
 # ----------------------------------------------------------------- per-VMA deltas
 
 def vma_fixture(tag):
-    return sampler.vma_states(procfs.parse_smaps(fixture(f"smaps_{tag}.txt")))
+    return vma_sampler.vma_states(procfs.parse_smaps(fixture(f"smaps_{tag}.txt")))
 
 
 def test_vma_deltas_from_fixtures():
     before, after = vma_fixture("before"), vma_fixture("after")
-    assert sampler.vma_deltas(None, before, PMD, PMD)[0].faults == 0          # baseline: nothing gained
-    deltas = {(d.end - d.start): d for d in sampler.vma_deltas(before, after, PMD, PMD)}
+    assert vma_sampler.vma_deltas(None, before, PMD, PMD)[0].faults == 0          # baseline: nothing gained
+    deltas = {(d.end - d.start): d for d in vma_sampler.vma_deltas(before, after, PMD, PMD)}
     thp, small = deltas[64 * MIB], deltas[16 * MIB]
     assert thp.huge_faults == 32 and thp.faults == 32 and thp.huge_bytes == 64 * MIB and thp.small_bytes == 0
     assert small.huge_faults == 0 and small.faults == 4096 and small.small_bytes == 16 * MIB
@@ -173,11 +173,11 @@ def test_vma_split_moves_pages_without_faulting_them():
     after = vma_fixture("after")
     thp = next(v for v in after if v.end - v.start == 64 * MIB)
     half = thp.start + 32 * MIB
-    split = [sampler.VmaState(thp.start, half, thp.perms, "", 0, sampler.HugeBytes(anon_pmd=32 * MIB, rss=32 * MIB),
+    split = [vma_sampler.VmaState(thp.start, half, thp.perms, "", 0, sampler.HugeBytes(anon_pmd=32 * MIB, rss=32 * MIB),
                               thp.vmflags),
-             sampler.VmaState(half, thp.end, thp.perms, "", 0, sampler.HugeBytes(anon_pmd=32 * MIB, rss=32 * MIB),
+             vma_sampler.VmaState(half, thp.end, thp.perms, "", 0, sampler.HugeBytes(anon_pmd=32 * MIB, rss=32 * MIB),
                               thp.vmflags)]
-    out = sampler.vma_deltas([thp], split, PMD, PMD)
+    out = vma_sampler.vma_deltas([thp], split, PMD, PMD)
     assert [d.huge_faults for d in out] == [0, 0]
 
 
@@ -240,7 +240,7 @@ class FakeVmaCache:
         return None
 
     def get(self, pid, starttime, dirty=False):
-        return sampler.DaxSyncCounts(1, 2)
+        return vma_sampler.DaxSyncCounts(1, 2)
 
     def forget(self, pids):
         pass
@@ -300,7 +300,7 @@ def test_comm_and_dax_filters():
 
     class NoDax(FakeVmaCache):
         def peek(self, pid, starttime, dirty=False):
-            return sampler.DaxSyncCounts(0, 0)
+            return vma_sampler.DaxSyncCounts(0, 0)
     m = interval.Model(dax_only=True, proc_sampler=FakeProcSampler([make_sample([a, b], {1: tracked(1), 2: tracked(2)})]),
                   vma_cache=NoDax())
     assert m.step(aggregate.ProbeCounts())["processes"] == []
@@ -350,11 +350,11 @@ def test_p_mode_exit_raises_process_exited_with_its_last_counts():
 
 def test_p_mode_vma_rows_have_reports_backing_and_a_path(monkeypatch):
     """`backing` means in top -p what it means in report (a category); the file name is `path`."""
-    monkeypatch.setattr(sampler, "vma_dax", lambda pid, m: "none")
+    monkeypatch.setattr(vma_sampler, "vma_dax", lambda pid, m: "none")
 
     class Vmas:
         def sample(self):
-            return sampler.vma_deltas(None, vma_fixture("after"), PMD, PMD)
+            return vma_sampler.vma_deltas(None, vma_fixture("after"), PMD, PMD)
     m = interval.Model(pid=5, proc_sampler=FakeProcSampler([make_sample([], {5: tracked(5)})]), vma_sampler=Vmas(),
                        vma_cache=FakeVmaCache())
     rows = {v["start"]: v for v in m.step(aggregate.ProbeCounts())["vmas"]}
@@ -508,7 +508,7 @@ def test_p_vma_faults_are_fault_counts_in_both_modes():
     """One key, one meaning: under -p a VMA's `faults` is what the pid-filtered page-fault
     probe counted, in default and --exact mode alike; pages that became resident (smaps) are
     `resident_pages_gained`. Without that probe, `faults` is null, not another quantity."""
-    d = sampler.VmaDelta(0x10000, 0x20000, "rw-p", "", 0, 16 * 4096, 16, 0, False, frozenset())
+    d = vma_sampler.VmaDelta(0x10000, 0x20000, "rw-p", "", 0, 16 * 4096, 16, 0, False, frozenset())
 
     class Vmas:
         def sample(self):

@@ -83,21 +83,24 @@ def vma_json_encoder():
     def encode(d: dict) -> str:
         keys = tuple(d)
         if keys == FOLIO_VMA_KEYS:
-            return (base(d)[:-1] + f', "folio_bytes": {size_map(d["folio_bytes"])}, '
+            return (f'{{"start": {d["start"]:d}, "end": {d["end"]:d}, "perms": {s(d["perms"])}, '
+                    f'"backing": {s(d["backing"])}, "path": {s(d["path"])}, "rss_bytes": {n(d["rss_bytes"])}, '
+                    f'"huge_bytes": {n(d["huge_bytes"])}, "small_bytes": {n(d["small_bytes"])}, '
+                    f'"dax": {s(d["dax"])}, "vm_sync": {b[d["vm_sync"]]}, "thp_eligible": {b[d["thp_eligible"]]}, '
+                    f'"thp_reason": {s(d["thp_reason"])}, "offset": {d["offset"]:d}, '
+                    f'"vmflags": {flags(d["vmflags"])}, "folio_bytes": {size_map(d["folio_bytes"])}, '
                     f'"pmd_mapped_bytes": {n(d["pmd_mapped_bytes"])}, "pud_mapped_bytes": {n(d["pud_mapped_bytes"])}, '
                     f'"pte_mapped_thp_bytes": {n(d["pte_mapped_thp_bytes"])}, '
                     f'"unaligned_folio_bytes": {n(d["unaligned_folio_bytes"])}, '
                     f'"partial_folio_bytes": {n(d["partial_folio_bytes"])}, "cont_bytes": {size_map(d["cont_bytes"])}}}')
         if keys == VMA_KEYS:
-            return base(d)
+            return (f'{{"start": {d["start"]:d}, "end": {d["end"]:d}, "perms": {s(d["perms"])}, '
+                    f'"backing": {s(d["backing"])}, "path": {s(d["path"])}, "rss_bytes": {n(d["rss_bytes"])}, '
+                    f'"huge_bytes": {n(d["huge_bytes"])}, "small_bytes": {n(d["small_bytes"])}, '
+                    f'"dax": {s(d["dax"])}, "vm_sync": {b[d["vm_sync"]]}, "thp_eligible": {b[d["thp_eligible"]]}, '
+                    f'"thp_reason": {s(d["thp_reason"])}, "offset": {d["offset"]:d}, '
+                    f'"vmflags": {flags(d["vmflags"])}}}')
         return jsonout.encode(d)
-
-    def base(d: dict) -> str:
-        return (f'{{"start": {d["start"]:d}, "end": {d["end"]:d}, "perms": {s(d["perms"])}, '
-                f'"backing": {s(d["backing"])}, "path": {s(d["path"])}, "rss_bytes": {n(d["rss_bytes"])}, '
-                f'"huge_bytes": {n(d["huge_bytes"])}, "small_bytes": {n(d["small_bytes"])}, "dax": {s(d["dax"])}, '
-                f'"vm_sync": {b[d["vm_sync"]]}, "thp_eligible": {b[d["thp_eligible"]]}, '
-                f'"thp_reason": {s(d["thp_reason"])}, "offset": {d["offset"]:d}, "vmflags": {flags(d["vmflags"])}}}')
     return encode
 
 

@@ -57,7 +57,7 @@ KEYS = ("folio_bytes", "pmd_mapped_bytes", "pud_mapped_bytes", "pte_mapped_thp_b
         "unaligned_folio_bytes", "partial_folio_bytes", "cont_bytes")
 
 
-@dataclass
+@dataclass(slots=True)
 class FolioStats:
     """One VMA's (or a sum's) folio facts; None = unknown. Dict keys are sizes in bytes."""
     folio_bytes: Optional[Dict[int, int]] = field(default_factory=dict)
@@ -228,7 +228,7 @@ def folio_of(pfn: int, flags: KpageFlags) -> Optional[Tuple[int, int]]:
 
 # ---------------------------------------------------------------- classification (pure)
 
-@dataclass
+@dataclass(slots=True)
 class _Folio:
     pages: int
     hugetlb: bool
@@ -349,7 +349,7 @@ def classify_vma(regions: Iterable[Tuple[int, int, int]], leaf_size: int,
 
 # ---------------------------------------------------------------- reading a process
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VmaSpec:
     start: int
     end: int
@@ -363,6 +363,7 @@ PRESENT_NOT_ZERO = dict(category_mask=pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_
 
 @dataclass
 class ProcessFolios:
+    """``vmas``: (spec, facts) per VMA; facts may be one object shared by several VMAs: read only."""
     pid: int
     vmas: List[Tuple[VmaSpec, Optional[FolioStats]]]
     notes: List[str]
@@ -402,6 +403,7 @@ def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags]) -> P
         kflags.blocks.clear()        # flags change as memory is reused: never carry them across reads
     mask = (pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE) & pagemap.supported_categories()
     huge_bit = pagemap.PAGE_IS_HUGE
+    order0: Dict[int, FolioStats] = {}
     with pagemap.PageMap(pid) as pm:
         regions_of = regions_per_vma(pm, specs, mask)
         words = PagemapWords(pm, sorted((s, e) for rs in regions_of for s, e, cat in rs
@@ -415,8 +417,11 @@ def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags]) -> P
                 small = _order0_only(got, kflags)
                 if small is not None:       # the common case: no large folio, no PMD leaf
                     out.pages_read += sum(map(len, got))
-                    out.vmas.append((spec, FolioStats({PAGE_SIZE: small * PAGE_SIZE} if small else {},
-                                                      0, 0, 0, 0, 0, {})))
+                    st = order0.get(small)      # shared by the VMAs with as many pages: read only
+                    if st is None:
+                        st = order0[small] = FolioStats({PAGE_SIZE: small * PAGE_SIZE} if small else {},
+                                                        0, 0, 0, 0, 0, {})
+                    out.vmas.append((spec, st))
                     continue
             ptes: Optional[FolioStats] = None
             if kflags is not None and _leaves_have_pages(pm, regions, kflags):

@@ -402,7 +402,6 @@ def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags]) -> P
     if kflags is not None:
         kflags.blocks.clear()        # flags change as memory is reused: never carry them across reads
     mask = (pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE) & pagemap.supported_categories()
-    huge_bit = pagemap.PAGE_IS_HUGE
     order0: Dict[int, FolioStats] = {}
     with pagemap.PageMap(pid) as pm:
         regions_of = regions_per_vma(pm, specs, mask)
@@ -412,11 +411,10 @@ def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags]) -> P
             if spec.skip:
                 out.vmas.append((spec, None))
                 continue
-            if kflags is not None and not any(cat & huge_bit for _s, _e, cat in regions):
-                got = [words.get(s, e) for s, e, _cat in regions]
-                small = _order0_only(got, kflags)
+            if kflags is not None:
+                small = _order0_only(regions, words, kflags)
                 if small is not None:       # the common case: no large folio, no PMD leaf
-                    out.pages_read += sum(map(len, got))
+                    out.pages_read += small
                     st = order0.get(small)      # shared by the VMAs with as many pages: read only
                     if st is None:
                         st = order0[small] = FolioStats({PAGE_SIZE: small * PAGE_SIZE} if small else {},
@@ -438,13 +436,16 @@ def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags]) -> P
     return out
 
 
-def _order0_only(pieces: Iterable[Sequence[int]], flags: KpageFlags) -> Optional[int]:
-    """Present pages of a VMA's PTE-mapped pieces if every one is an order-0 folio with a struct
-    page (classify_ptes' answer is then just {4K: pages}); None if any is not: ask classify_ptes."""
-    get, pfn_mask, present = flags.get, pagemap.PM_PFN_MASK, pagemap.PM_PRESENT
+def _order0_only(regions: Iterable[Tuple[int, int, int]], words: "PagemapWords", flags: KpageFlags) -> Optional[int]:
+    """Present pages of a VMA's present regions if none is a PMD/PUD leaf and every page is an
+    order-0 folio with a struct page (classify_ptes' answer is then just {4K: pages}); None if
+    not: ask classify_ptes."""
+    get, pfn_mask, present, huge = flags.get, pagemap.PM_PFN_MASK, pagemap.PM_PRESENT, pagemap.PAGE_IS_HUGE
     n = 0
-    for words in pieces:
-        for w in words:
+    for s, e, cat in regions:
+        if cat & huge:
+            return None
+        for w in words.get(s, e):
             if not w & present:
                 continue
             p = w & pfn_mask

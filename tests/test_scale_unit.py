@@ -156,19 +156,33 @@ def test_vma_json_encoder_equals_json_with_the_folio_keys(stats, vma):
     assert json.loads(enc(d)) == d
 
 
+class Words:
+    """PagemapWords' get() over fixed pieces {start: words}."""
+
+    def __init__(self, pieces):
+        self.pieces = dict(pieces)
+
+    def get(self, start, end):
+        return self.pieces[start][: (end - start) // 4096]
+
+
 def test_order0_fast_path_equals_classify_ptes():
     """The folio facts of a VMA of order-0 pages only, as read_process's short cut gives them,
-    are classify_ptes' (+ classify_vma's) answer; a large folio or a hidden PFN declines it."""
-    order0_flags = {100: 0, 101: 1 << 5, 300: 0}                   # no COMPOUND, no NOPAGE bits
-    kf = folios.KpageFlags.from_dict(order0_flags)
+    are classify_ptes' (+ classify_vma's) answer; a large folio, a hidden PFN, a page without
+    struct page or a PMD leaf declines it."""
+    S, H = pagemap.PAGE_IS_PRESENT, pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE
+    kf = folios.KpageFlags.from_dict({100: 0, 101: 1 << 5, 300: 0})     # no COMPOUND, no NOPAGE bits
     present = pagemap.PM_PRESENT
     pieces = [(0x1000, [present | 100, 0, present | 101]), (0x9000, [present | 300])]
-    slow = folios.classify_vma([(0x1000, 0x4000, pagemap.PAGE_IS_PRESENT)], pmd_size(),
-                               folios.classify_ptes(pieces, kf))
-    n = folios._order0_only([w for _s, w in pieces], kf)
+    regions = [(0x1000, 0x4000, S), (0x9000, 0xa000, S)]
+    slow = folios.classify_vma(regions, pmd_size(), folios.classify_ptes(pieces, kf))
+    n = folios._order0_only(regions, Words(pieces), kf)
     assert n == 3
     assert slow == folios.FolioStats({4096: n * 4096}, 0, 0, 0, 0, 0, {})
-    assert folios._order0_only([[present | 0]], kf) is None            # PFNs hidden: unknown
+    assert folios._order0_only([], Words([]), kf) == 0
+    one = [(0x1000, 0x2000, S)]
+    assert folios._order0_only(one, Words([(0x1000, [present | 0])]), kf) is None     # PFNs hidden
     big = folios.KpageFlags.from_dict({7: pagemap.KPF_COMPOUND_HEAD})
-    assert folios._order0_only([[present | 7]], big) is None
-    assert folios._order0_only([[present | 8]], big) is None            # KPF_NOPAGE
+    assert folios._order0_only(one, Words([(0x1000, [present | 7])]), big) is None    # a large folio
+    assert folios._order0_only(one, Words([(0x1000, [present | 8])]), big) is None    # KPF_NOPAGE
+    assert folios._order0_only([(0x1000, 0x2000, H)], Words([(0x1000, [present | 100])]), kf) is None

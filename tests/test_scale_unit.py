@@ -1,12 +1,14 @@
 """The many-VMA paths on captured /proc fixtures: the layout parser of smaps equals the line
 parser, however the text is cut; the JSON writers equal json.dumps; region splitting."""
+import dataclasses
 import io
 import json
 import os
 
 import pytest
 
-from pmemtrace import jsonout, pagemap, procfs
+from pmemtrace import folios, jsonout, pagemap, procfs, vmas
+from pmemtrace.kernel import pmd_size
 from pmemtrace.views import report
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -126,3 +128,61 @@ def test_section_run_dicts_equal_run_dict():
     block = procfs.Smaps(procfs.MapEntry(0, 4 << 20, "rw-p", 0, (0, 0), 0, ""))
     sec = pages.Section(block, 0, 4 << 20, pagemap.VmaFacts("anon"), runs)
     assert pages.section_run_dicts(sec) == [dict(pages.run_dict(r), vma_start=0) for r in runs]
+
+
+def _report_vma(**kw):
+    v = vmas.Vma(0x7f0000000000, 0x7f0000400000, "rw-p", "file", 'a "b"\n\x1b[2J\udcff', 4 << 20, 2 << 20,
+                 2 << 20, "none", True, False, "x", ("rd", "wr", "sf"), 8192)
+    return report.vma_dict(dataclasses.replace(v, **kw))
+
+
+@pytest.mark.parametrize("stats", [
+    folios.FolioStats({4096: 8192, 65536: 1 << 20, 2 << 20: 2 << 20}, 2 << 20, 0, 1 << 20, 65536, 4096,
+                      {65536: 1 << 20, 8192: 4096}),
+    folios.FolioStats(),                                  # nothing present: empty dicts, zeros
+    folios.unknown(),                                     # no PAGEMAP_SCAN: every folio key null
+    folios.FolioStats(None, 2 << 20, 0, None, None, None, None),     # DAX: PTE part unknown
+])
+@pytest.mark.parametrize("vma", [{}, {"rss_bytes": None, "huge_bytes": None, "small_bytes": None, "dax": "fsdax"}])
+def test_vma_json_encoder_equals_json_with_the_folio_keys(stats, vma):
+    """Every key report emits per VMA (folio keys included, nulls, dicts): the fast path's text is
+    json's, byte for byte, and parses back to the dict."""
+    enc = report.vma_json_encoder()
+    d = _report_vma(**vma)
+    d.update(stats.as_json())                             # what views/folios.annotate adds
+    assert tuple(d) == report.FOLIO_VMA_KEYS              # the fast path, not json's fallback
+    assert enc(d) == json.dumps(d)
+    assert enc(d) == json.dumps(d)                        # again, from its caches
+    assert json.loads(enc(d)) == d
+
+
+class Words:
+    """PagemapWords' get() over fixed pieces {start: words}."""
+
+    def __init__(self, pieces):
+        self.pieces = dict(pieces)
+
+    def get(self, start, end):
+        return self.pieces[start][: (end - start) // 4096]
+
+
+def test_order0_fast_path_equals_classify_ptes():
+    """The folio facts of a VMA of order-0 pages only, as read_process's short cut gives them,
+    are classify_ptes' (+ classify_vma's) answer; a large folio, a hidden PFN, a page without
+    struct page or a PMD leaf declines it."""
+    S, H = pagemap.PAGE_IS_PRESENT, pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE
+    kf = folios.KpageFlags.from_dict({100: 0, 101: 1 << 5, 300: 0})     # no COMPOUND, no NOPAGE bits
+    present = pagemap.PM_PRESENT
+    pieces = [(0x1000, [present | 100, 0, present | 101]), (0x9000, [present | 300])]
+    regions = [(0x1000, 0x4000, S), (0x9000, 0xa000, S)]
+    slow = folios.classify_vma(regions, pmd_size(), folios.classify_ptes(pieces, kf))
+    n = folios._order0_only(regions, Words(pieces), kf)
+    assert n == 3
+    assert slow == folios.FolioStats({4096: n * 4096}, 0, 0, 0, 0, 0, {})
+    assert folios._order0_only([], Words([]), kf) == 0
+    one = [(0x1000, 0x2000, S)]
+    assert folios._order0_only(one, Words([(0x1000, [present | 0])]), kf) is None     # PFNs hidden
+    big = folios.KpageFlags.from_dict({7: pagemap.KPF_COMPOUND_HEAD})
+    assert folios._order0_only(one, Words([(0x1000, [present | 7])]), big) is None    # a large folio
+    assert folios._order0_only(one, Words([(0x1000, [present | 8])]), big) is None    # KPF_NOPAGE
+    assert folios._order0_only([(0x1000, 0x2000, H)], Words([(0x1000, [present | 100])]), kf) is None

@@ -50,8 +50,24 @@ def annotate(data: dict, pid: int) -> None:
     rows = data["vmas"]
     got = stats_by_start(pid, [(d["start"], d["end"], d["path"] == "[vsyscall]") for d in rows],
                          any(d["backing"] == "hugetlb" for d in rows))
-    for d, (_spec, st) in zip(rows, got.vmas):
-        d.update((st or folios.unknown()).as_json())
+    as_json: Dict[tuple, dict] = {}    # one JSON form per distinct content, shared (tens of thousands of VMAs)
+    by_id: Dict[int, dict] = {}         # read_process shares one object between many VMAs
+    for d, (_spec, found) in zip(rows, got.vmas):
+        j = by_id.get(id(found))
+        if j is not None:
+            d.update(j)
+            continue
+        st = found or folios.unknown()
+        fb, cb = st.folio_bytes, st.cont_bytes
+        key = (None if fb is None else tuple(fb.items()), st.pmd_mapped_bytes, st.pud_mapped_bytes,
+               st.pte_mapped_thp_bytes, st.unaligned_folio_bytes, st.partial_folio_bytes,
+               None if cb is None else tuple(cb.items()))
+        j = as_json.get(key)
+        if j is None:
+            j = as_json[key] = st.as_json()
+        if found is not None:
+            by_id[id(found)] = j
+        d.update(j)
     tot, unknown_n = folios.total(st for _spec, st in got.vmas)
     data["totals"].update(tot.as_json())
     data["totals"]["folio_unknown_vmas"] = unknown_n

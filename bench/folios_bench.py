@@ -6,7 +6,7 @@
 A child process (bench/folios_workload.c) holds THP_GIB GiB of PMD-mapped THPs and SMALL_GIB GiB
 of 4 KiB pages. Each round times, alternately, on the same process:
 
-  pmemtrace  folios.read_process: PAGEMAP_SCAN finds the present ranges and the PMD leaves; only the
+  pmemtrace  folio_reader.read_process: PAGEMAP_SCAN finds the present ranges and the PMD leaves; only the
              PTE-mapped present pages are read from pagemap and looked up in kpageflags;
   thpmaps    thpmaps' method: the pagemap word of every page of every VMA, and kpageflags of every
              present PFN, classified by the same code (folios.classify_ptes), so the difference
@@ -26,14 +26,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pmemtrace import folios, pagemap
+from pmemtrace import folio_reader, folios, pagemap
 from pmemtrace.kernel import pmd_size
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def pmemtrace_method(pid):
-    pf = folios.read_process(pid, folios.specs_from_maps(pid))
+    pf = folio_reader.read_process(pid, folio_reader.specs_from_maps(pid))
     return folios.total(s for _spec, s in pf.vmas)[0].folio_bytes, pf.pages_read
 
 
@@ -44,7 +44,7 @@ def thpmaps_method(pid):
     total, pages = folios.FolioStats(), 0
     try:
         with pagemap.PageMap(pid) as pm:
-            for spec in folios.specs_from_maps(pid):
+            for spec in folio_reader.specs_from_maps(pid):
                 if spec.skip:
                     continue
                 words = pm.words(spec.start, spec.end)

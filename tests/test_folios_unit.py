@@ -6,7 +6,7 @@ import json
 import pytest
 from rich.console import Console
 
-from pmemtrace import folios, pagemap
+from pmemtrace import folio_reader, folios, pagemap
 from pmemtrace.kernel import pmd_size
 from pmemtrace.views import folios as folio_view
 from pmemtrace.views import report
@@ -107,10 +107,10 @@ def test_cgroup_pids_walks_descendants(tmp_path):
     (tmp_path / "cgroup.procs").write_text("1\n")
     (tmp_path / "a" / "cgroup.procs").write_text("30\n20\n")
     (tmp_path / "a" / "b" / "cgroup.procs").write_text("")
-    assert folios.cgroup_pids(str(tmp_path / "a")) == [20, 30]
-    assert folios.cgroup_pids(str(tmp_path)) == [1, 20, 30]
-    with pytest.raises(folios.NoSuchProcess):
-        folios.cgroup_pids(str(tmp_path / "missing"))
+    assert folio_reader.cgroup_pids(str(tmp_path / "a")) == [20, 30]
+    assert folio_reader.cgroup_pids(str(tmp_path)) == [1, 20, 30]
+    with pytest.raises(folio_reader.NoSuchProcess):
+        folio_reader.cgroup_pids(str(tmp_path / "missing"))
 
 
 def test_cells():
@@ -217,7 +217,7 @@ def test_any_layout_is_classified_as_built(layout):
 def test_one_scan_split_per_vma_and_coalesced_pagemap_reads():
     P = pagemap.PAGE_IS_PRESENT
     regions = [(0x1000, 0x5000, P), (0x9000, 0xB000, P)]          # the first spans two VMAs
-    assert folios.split_regions(regions, [(0x1000, 0x3000), (0x3000, 0x8000), (0x8000, 0xA000), (0xC000, 0xD000)]) \
+    assert folio_reader.split_regions(regions, [(0x1000, 0x3000), (0x3000, 0x8000), (0x8000, 0xA000), (0xC000, 0xD000)]) \
         == [[(0x1000, 0x3000, P)], [(0x3000, 0x5000, P)], [(0x9000, 0xA000, P)], []]
 
     class FakePM:
@@ -227,7 +227,7 @@ def test_one_scan_split_per_vma_and_coalesced_pagemap_reads():
             self.reads.append((s, e))
             return [s // 4096 + i for i in range((e - s) // 4096)]
     pm = FakePM()
-    w = folios.PagemapWords(pm, [(0x1000, 0x3000), (0x5000, 0x6000), (0x10000000, 0x10001000)], gap=0x4000)
+    w = folio_reader.PagemapWords(pm, [(0x1000, 0x3000), (0x5000, 0x6000), (0x10000000, 0x10001000)], gap=0x4000)
     assert w.get(0x5000, 0x6000) == [5] and w.get(0x1000, 0x3000) == [1, 2]
     assert w.get(0x10000000, 0x10001000) == [0x10000]
     assert pm.reads == [(0x1000, 0x6000), (0x10000000, 0x10001000)]     # two preads for three ranges

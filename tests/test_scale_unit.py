@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from pmemtrace import folios, jsonout, pagemap, procfs, vmas
+from pmemtrace import folio_reader, folios, jsonout, pagemap, procfs, vmas
 from pmemtrace.kernel import pmd_size
 from pmemtrace.views import report
 
@@ -176,13 +176,13 @@ def test_order0_fast_path_equals_classify_ptes():
     pieces = [(0x1000, [present | 100, 0, present | 101]), (0x9000, [present | 300])]
     regions = [(0x1000, 0x4000, S), (0x9000, 0xa000, S)]
     slow = folios.classify_vma(regions, pmd_size(), folios.classify_ptes(pieces, kf))
-    n = folios._order0_only(regions, Words(pieces), kf)
+    n = folio_reader._order0_only(regions, Words(pieces), kf)
     assert n == 3
     assert slow == folios.FolioStats({4096: n * 4096}, 0, 0, 0, 0, 0, {})
-    assert folios._order0_only([], Words([]), kf) == 0
+    assert folio_reader._order0_only([], Words([]), kf) == 0
     one = [(0x1000, 0x2000, S)]
-    assert folios._order0_only(one, Words([(0x1000, [present | 0])]), kf) is None     # PFNs hidden
+    assert folio_reader._order0_only(one, Words([(0x1000, [present | 0])]), kf) is None     # PFNs hidden
     big = folios.KpageFlags.from_dict({7: pagemap.KPF_COMPOUND_HEAD})
-    assert folios._order0_only(one, Words([(0x1000, [present | 7])]), big) is None    # a large folio
-    assert folios._order0_only(one, Words([(0x1000, [present | 8])]), big) is None    # KPF_NOPAGE
-    assert folios._order0_only([(0x1000, 0x2000, H)], Words([(0x1000, [present | 100])]), kf) is None
+    assert folio_reader._order0_only(one, Words([(0x1000, [present | 7])]), big) is None    # a large folio
+    assert folio_reader._order0_only(one, Words([(0x1000, [present | 8])]), big) is None    # KPF_NOPAGE
+    assert folio_reader._order0_only([(0x1000, 0x2000, H)], Words([(0x1000, [present | 100])]), kf) is None

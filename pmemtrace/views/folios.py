@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .. import folios, procfs
+from .. import folio_reader, folios, procfs
 from ..errors import NotRoot
 from .text import human_bytes, printable
 
@@ -37,12 +37,12 @@ def summary_line(t: dict) -> str:
     return line
 
 
-def stats_by_start(pid: int, ranges: Sequence[tuple], hugetlb: bool) -> folios.ProcessFolios:
+def stats_by_start(pid: int, ranges: Sequence[tuple], hugetlb: bool) -> folio_reader.ProcessFolios:
     """Folio facts of the VMAs ``ranges`` ((start, end, skip)) of pid. With ``hugetlb`` VMAs among
     them, their page sizes come from smaps (specs_from_maps)."""
-    leaf = {(s.start, s.end): s.leaf_size for s in folios.specs_from_maps(pid)} if hugetlb else {}
-    specs = [folios.VmaSpec(start, end, leaf.get((start, end), 0), skip) for start, end, skip in ranges]
-    return folios.read_process(pid, specs)
+    leaf = {(s.start, s.end): s.leaf_size for s in folio_reader.specs_from_maps(pid)} if hugetlb else {}
+    specs = [folio_reader.VmaSpec(start, end, leaf.get((start, end), 0), skip) for start, end, skip in ranges]
+    return folio_reader.read_process(pid, specs)
 
 
 def annotate(data: dict, pid: int) -> None:
@@ -79,12 +79,12 @@ def annotate(data: dict, pid: int) -> None:
 
 def select_pids(pids: Sequence[int], cgroup: Optional[str]) -> List[int]:
     if cgroup:
-        chosen = folios.cgroup_pids(cgroup)
+        chosen = folio_reader.cgroup_pids(cgroup)
         return [p for p in chosen if p in set(pids)] if pids else chosen
     return list(pids) if pids else sorted(procfs.list_pids())
 
 
-def process_json(pid: int, comm: str, pf: folios.ProcessFolios, with_vmas: bool) -> dict:
+def process_json(pid: int, comm: str, pf: folio_reader.ProcessFolios, with_vmas: bool) -> dict:
     tot, unknown_n = folios.total(st for _s, st in pf.vmas)
     out: Dict[str, Any] = {"pid": pid, "comm": comm, **tot.as_json(), "folio_unknown_vmas": unknown_n}
     if with_vmas:
@@ -96,7 +96,7 @@ def process_json(pid: int, comm: str, pf: folios.ProcessFolios, with_vmas: bool)
 def build(pids: Iterable[int], rollup: bool, with_vmas: bool) -> dict:
     kflags = folios.KpageFlags.open()
     try:
-        done, gone, denied = folios.read_pids(pids, kflags)
+        done, gone, denied = folio_reader.read_pids(pids, kflags)
     finally:
         if kflags is not None:
             kflags.close()

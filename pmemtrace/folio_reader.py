@@ -1,0 +1,244 @@
+"""Reading folio facts of processes: PAGEMAP_SCAN for the present ranges of each VMA, pagemap
+words and /proc/kpageflags only where PTE-mapped pages need them, by pid, cgroup or the whole
+system. The classification itself (pure) is pmemtrace.folios.
+"""
+import bisect
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from . import pagemap, procfs
+from .kernel import PAGE_SIZE, pmd_size
+from .errors import KernelThread, NoSuchProcess, NotRoot, ProcessExited
+
+from .folios import FolioStats, KpageFlags, _ODD, classify_ptes, classify_vma, unknown
+
+
+# ---------------------------------------------------------------- reading a process
+
+@dataclass(frozen=True, slots=True)
+class VmaSpec:
+    start: int
+    end: int
+    leaf_size: int = 0          # 0: the PMD size; hugetlb: its page size
+    skip: bool = False          # outside the user address space ([vsyscall]): nothing to read
+
+
+PRESENT_NOT_ZERO = dict(category_mask=pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_PFNZERO,
+                        category_inverted=pagemap.PAGE_IS_PFNZERO)
+
+
+@dataclass
+class ProcessFolios:
+    """``vmas``: (spec, facts) per VMA; facts may be one object shared by several VMAs: read only."""
+    pid: int
+    vmas: List[Tuple[VmaSpec, Optional[FolioStats]]]
+    notes: List[str]
+    pages_read: int = 0          # pagemap words read (PTE-mapped present pages only)
+    kpageflags_reads: int = 0
+
+
+def unavailable_reason(kflags: Optional[KpageFlags]) -> Optional[str]:
+    if not pagemap.scan_supported():
+        return "folio sizes need PAGEMAP_SCAN (Linux 6.7+): unknown here"
+    if kflags is None:
+        return (f"{pagemap.KPAGEFLAGS} cannot be read (needs root and CONFIG_PROC_PAGE_MONITOR): "
+                f"folio sizes of PTE-mapped memory are unknown")
+    return None
+
+
+def read_process(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags] = None) -> ProcessFolios:
+    """Folio facts of every VMA in ``specs``; the caller may share one KpageFlags across processes
+    (pass it; it is not closed here). Raises NoSuchProcess / ProcessExited / NotRoot."""
+    own = kflags is None
+    if own:
+        kflags = KpageFlags.open()
+    try:
+        return _read(pid, specs, kflags)
+    finally:
+        if own and kflags is not None:
+            kflags.close()
+
+
+def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags]) -> ProcessFolios:
+    why = unavailable_reason(kflags)
+    out = ProcessFolios(pid, [], [why] if why else [])
+    if not pagemap.scan_supported():
+        out.vmas = [(s, None if s.skip else unknown()) for s in specs]
+        return out
+    if kflags is not None:
+        kflags.blocks.clear()        # flags change as memory is reused: never carry them across reads
+    mask = (pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE) & pagemap.supported_categories()
+    order0: Dict[int, FolioStats] = {}
+    with pagemap.PageMap(pid) as pm:
+        regions_of = regions_per_vma(pm, specs, mask)
+        words = PagemapWords(pm, sorted((s, e) for rs in regions_of for s, e, cat in rs
+                                        if not cat & pagemap.PAGE_IS_HUGE))
+        for spec, regions in zip(specs, regions_of):
+            if spec.skip:
+                out.vmas.append((spec, None))
+                continue
+            if kflags is not None:
+                small = _order0_only(regions, words, kflags)
+                if small is not None:       # the common case: no large folio, no PMD leaf
+                    out.pages_read += small
+                    st = order0.get(small)      # shared by the VMAs with as many pages: read only
+                    if st is None:
+                        st = order0[small] = FolioStats({PAGE_SIZE: small * PAGE_SIZE} if small else {},
+                                                        0, 0, 0, 0, 0, {})
+                    out.vmas.append((spec, st))
+                    continue
+            ptes: Optional[FolioStats] = None
+            if kflags is not None and _leaves_have_pages(pm, regions, kflags):
+                pieces = [(s, words.get(s, e)) for s, e, cat in regions if not cat & pagemap.PAGE_IS_HUGE]
+                out.pages_read += sum(len(w) for _, w in pieces)
+                ptes = classify_ptes(pieces, kflags)
+            out.vmas.append((spec, classify_vma(regions, spec.leaf_size or pmd_size(), ptes)))
+        pm.check_alive()
+    if kflags is not None:
+        out.kpageflags_reads = kflags.reads
+    if any(s is not None and s.folio_bytes is None for _, s in out.vmas) and not why:
+        out.notes.append("some VMAs map memory without struct pages (DAX, PFN maps) or hide PFNs: "
+                         "their folio sizes are unknown")
+    return out
+
+
+def _order0_only(regions: Iterable[Tuple[int, int, int]], words: "PagemapWords", flags: KpageFlags) -> Optional[int]:
+    """Present pages of a VMA's present regions if none is a PMD/PUD leaf and every page is an
+    order-0 folio with a struct page (classify_ptes' answer is then just {4K: pages}); None if
+    not: ask classify_ptes."""
+    get, pfn_mask, present, huge = flags.get, pagemap.PM_PFN_MASK, pagemap.PM_PRESENT, pagemap.PAGE_IS_HUGE
+    n = 0
+    for s, e, cat in regions:
+        if cat & huge:
+            return None
+        for w in words.get(s, e):
+            if not w & present:
+                continue
+            p = w & pfn_mask
+            if not p or get(p) & _ODD:
+                return None
+            n += 1
+    return n
+
+
+class PagemapWords:
+    """pagemap words of many small ranges, read in few preads: ranges less than ``gap`` apart
+    share one read (pagemap reads the hole between as zeros, cheaply), up to ``span`` bytes of
+    address space per read."""
+
+    def __init__(self, pm: pagemap.PageMap, ranges: Sequence[Tuple[int, int]],
+                 gap: int = 256 << 10, span: int = 256 << 20):
+        self.pm = pm
+        self.spans: List[Tuple[int, int]] = []
+        for s, e in ranges:
+            if self.spans and s - self.spans[-1][1] <= gap and e - self.spans[-1][0] <= span:
+                self.spans[-1] = (self.spans[-1][0], max(e, self.spans[-1][1]))
+            else:
+                self.spans.append((s, e))
+        self.starts = [s for s, _e in self.spans]
+        self.cache: Dict[int, Sequence[int]] = {}
+
+    def get(self, start: int, end: int) -> Sequence[int]:
+        i = bisect.bisect_right(self.starts, start) - 1
+        if i < 0 or end > self.spans[i][1]:
+            return self.pm.words(start, end)
+        lo = self.spans[i][0]
+        words = self.cache.get(lo)
+        if words is None:
+            self.cache.clear()               # spans are asked for in order: keep one
+            words = self.cache[lo] = self.pm.words(lo, self.spans[i][1])
+        first = (start - lo) // PAGE_SIZE
+        return words[first:first + (end - start) // PAGE_SIZE]
+
+
+def split_regions(regions: Sequence[Tuple[int, int, int]], ranges: Sequence[Tuple[int, int]]
+                  ) -> List[List[Tuple[int, int, int]]]:
+    """Regions of one scan over many VMAs -> each range's regions, clipped to it (the kernel merges
+    equal neighbours across VMA boundaries). Both inputs sorted by address, ranges disjoint."""
+    out: List[List[Tuple[int, int, int]]] = []
+    i = 0
+    for lo, hi in ranges:
+        while i < len(regions) and regions[i][1] <= lo:
+            i += 1
+        mine, j = [], i
+        while j < len(regions) and regions[j][0] < hi:
+            s, e, cat = regions[j]
+            mine.append((max(s, lo), min(e, hi), cat))
+            j += 1
+        out.append(mine)
+    return out
+
+
+def regions_per_vma(pm: pagemap.PageMap, specs: Sequence[VmaSpec], mask: int) -> List[List[Tuple[int, int, int]]]:
+    """Present (not zero-page) PAGEMAP_SCAN regions of each VMA: one scan over all of them (the walk
+    skips the gaps between VMAs), not one per VMA -- processes have tens of thousands."""
+    walk = sorted((s.start, s.end) for s in specs if not s.skip)
+    if not walk:
+        return [[] for _ in specs]
+    regions = pm.regions(walk[0][0], walk[-1][1], return_mask=mask, **PRESENT_NOT_ZERO)
+    by_range = dict(zip(walk, split_regions(regions, walk)))
+    return [by_range.get((s.start, s.end), []) for s in specs]
+
+
+def _leaves_have_pages(pm: pagemap.PageMap, regions: Sequence[Tuple[int, int, int]], kflags: KpageFlags) -> bool:
+    """Do the PMD/PUD-mapped regions map struct pages (folios)? DAX memory has none on most
+    kernels (kpageflags says KPF_NOPAGE): its leaves are then no folio of any size. One pagemap
+    word and one kpageflags word per region."""
+    for s, _e, cat in regions:
+        if cat & pagemap.PAGE_IS_HUGE:
+            words = pm.words(s, s + PAGE_SIZE)
+            pfn = words[0] & pagemap.PM_PFN_MASK if words and words[0] & pagemap.PM_PRESENT else 0
+            if not pfn or kflags.get(pfn) & pagemap.KPF_NOPAGE:
+                return False
+    return True
+
+
+def specs_from_maps(pid: int) -> List[VmaSpec]:
+    """The VMAs of pid from /proc/PID/maps; smaps is read only when the process has hugetlb
+    pages (status HugetlbPages), for their page size (KernelPageSize)."""
+    try:
+        hugetlb_kb = int(procfs.read_status(pid).get("HugetlbPages", "0 kB").split()[0])
+    except (ValueError, IndexError):
+        hugetlb_kb = 0
+    if hugetlb_kb:
+        return [VmaSpec(b.map.start, b.map.end,
+                        b.get("KernelPageSize") if "ht" in b.vmflags else 0, _outside(b.map))
+                for b in procfs.read_smaps(pid)]
+    return [VmaSpec(m.start, m.end, 0, _outside(m)) for m in procfs.read_maps(pid)]
+
+
+def _outside(m: procfs.MapEntry) -> bool:
+    return m.path == "[vsyscall]"
+
+
+def cgroup_pids(path: str) -> List[int]:
+    """Every pid in the cgroup (v2 or a v1 hierarchy) at ``path`` and its descendants."""
+    if not os.path.isdir(path):
+        raise NoSuchProcess(f"no such cgroup directory: {path}")
+    pids: set = set()
+    for d, _dirs, files in os.walk(path):
+        if "cgroup.procs" in files:
+            try:
+                with open(os.path.join(d, "cgroup.procs")) as f:
+                    pids.update(int(x) for x in f.read().split())
+            except OSError:
+                continue
+    return sorted(pids)
+
+
+def read_pids(pids: Iterable[int], kflags: Optional[KpageFlags]) -> Tuple[List[Tuple[int, str, ProcessFolios]], int, int]:
+    """(folio facts of each process, processes that exited meanwhile, processes whose memory may not
+    be read). Kernel threads are left out."""
+    done, gone, denied = [], 0, 0
+    for pid in pids:
+        try:
+            if procfs.is_kernel_thread(pid):
+                continue
+            comm = procfs.check_pid(pid)
+            done.append((pid, comm, read_process(pid, specs_from_maps(pid), kflags)))
+        except (NoSuchProcess, ProcessExited, KernelThread):
+            gone += 1
+        except NotRoot:
+            denied += 1
+    return done, gone, denied

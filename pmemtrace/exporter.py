@@ -18,9 +18,9 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from . import interval, kernel, procfs, sampler
+from . import aggregate, daxcause, interval, kernel, pagemap, procfs, sampler
 from .errors import PmemtraceError
 
 DEFAULT_PORT = 19149      # outside 9100-9999, the Prometheus wiki's exporter range, which is full
@@ -34,7 +34,17 @@ MTHP_COUNTERS = {"anon_fault_alloc": "pmemtrace_mthp_anon_fault_alloc",
                  "shmem_alloc": "pmemtrace_mthp_shmem_alloc"}
 VMSTAT_COUNTERS = {"thp_fault_alloc": "pmemtrace_thp_fault_alloc", "thp_fault_fallback": "pmemtrace_thp_fault_fallback",
                    "thp_collapse_alloc": "pmemtrace_thp_collapse_alloc",
-                   "thp_collapse_alloc_failed": "pmemtrace_thp_collapse_alloc_failed"}
+                   "thp_collapse_alloc_failed": "pmemtrace_thp_collapse_alloc_failed",
+                   # khugepaged scans that gave up on a PMD range (too many empty / swapped / shared PTEs)
+                   "thp_scan_exceed_none_pte": "pmemtrace_thp_scan_exceed_none_pte",
+                   "thp_scan_exceed_swap_pte": "pmemtrace_thp_scan_exceed_swap_pte",
+                   "thp_scan_exceed_share_pte": "pmemtrace_thp_scan_exceed_share_pte"}
+# sysfs transparent_hugepage/khugepaged/: counters khugepaged keeps (not MADV_COLLAPSE)
+KHUGEPAGED_COUNTERS = {"pages_collapsed": "pmemtrace_khugepaged_pages_collapsed",
+                       "full_scans": "pmemtrace_khugepaged_full_scans"}
+# daxcause's causes (sentences) as short, fixed label values
+FALLBACK_CAUSES = {daxcause.MISALIGNED: "misaligned", daxcause.COW: "cow", daxcause.OUTSIDE_VMA: "outside_vma",
+                   daxcause.PAST_EOF: "past_eof", daxcause.PTE_PRESENT: "pte_present", daxcause.OTHER: "other"}
 
 
 class ListenFailed(PmemtraceError):
@@ -141,6 +151,80 @@ def vma_rows(pid: int) -> List[dict]:
     return rows
 
 
+def fallback_causes(counts: aggregate.ProbeCounts) -> Dict[str, int]:
+    """One interval's DAX PMD fallbacks by cause: each fs_dax fallback event the probes streamed,
+    classified by daxcause (as report --duration does per VMA)."""
+    out: Dict[str, int] = {}
+    for e in counts.events:
+        if e.get("type") == aggregate.EVENT_DAX_FALLBACK:
+            cause = FALLBACK_CAUSES[daxcause.classify(e)]
+            out[cause] = out.get(cause, 0) + 1
+    return out
+
+
+def read_khugepaged(thp_root: str = kernel.THP_SYSFS) -> Dict[str, int]:
+    """khugepaged's own counters (sysfs khugepaged/pages_collapsed, full_scans) present here."""
+    out = {}
+    for key in KHUGEPAGED_COUNTERS:
+        try:
+            with open(f"{thp_root}/khugepaged/{key}") as f:
+                out[key] = int(f.read())
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def dax_bytes_of(pid: int, kinds: Dict[Tuple[Tuple[int, int], int], str]) -> Dict[str, int]:
+    """DAX resident bytes of pid by kind (fsdax / devdax), from the page tables: smaps does not
+    count DAX pages before ~6.15 (pagemap.dax_residency_many, as report). ``kinds``: (dev, inode)
+    -> DAX verdict, shared with the model's VMA count cache (one statx per file). A kind with a
+    VMA whose page tables could not be read is left out (unknown, not 0)."""
+    ranges, kind_of = [], []
+    for b in procfs.read_smaps_layout_only(pid):
+        m = b.map
+        if not m.inode:
+            continue
+        key = (m.dev, m.inode)
+        if key not in kinds:
+            kinds[key] = sampler.vma_dax(pid, m)
+        if kinds[key] != "none":
+            ranges.append((m.start, m.end))
+            kind_of.append(kinds[key])
+    out: Dict[str, int] = dict.fromkeys(kind_of, 0)
+    unknown = set()
+    for kind, r in zip(kind_of, pagemap.dax_residency_many(pid, ranges) if ranges else []):
+        if r.rss is None:
+            unknown.add(kind)
+        else:
+            out[kind] += r.rss
+    return {k: v for k, v in sorted(out.items()) if k not in unknown}
+
+
+class DaxBytesCache:
+    """DAX resident bytes per process, re-read only when the model re-read that process's DAX VMA
+    count (``stamp``: the VmaCountCache entry's time), so the cost follows dax_vmas' rule."""
+
+    def __init__(self, read: Callable[[int, dict], Dict[str, int]] = dax_bytes_of):
+        self.read = read
+        self.cache: Dict[int, tuple] = {}     # pid -> (starttime, stamp, {kind: bytes})
+        self.kinds: Dict[Tuple[Tuple[int, int], int], str] = {}
+
+    def get(self, pid: int, starttime: int, stamp) -> Optional[Dict[str, int]]:
+        hit = self.cache.get(pid)
+        if hit is not None and hit[0] == starttime and hit[1] == stamp:
+            return hit[2]
+        try:
+            val = self.read(pid, self.kinds)
+        except (PmemtraceError, OSError):
+            return hit[2] if hit is not None and hit[0] == starttime else None
+        self.cache[pid] = (starttime, stamp, val)
+        return val
+
+    def keep(self, pids) -> None:
+        for pid in [p for p in self.cache if p not in pids]:
+            del self.cache[pid]
+
+
 # ----------------------------------------------------------------- the collector
 
 class Collector:
@@ -154,6 +238,9 @@ class Collector:
         self.last_step = 0.0
         self.series: Optional[Series] = None
         self.vma_counts: Dict[int, tuple] = {}   # pid -> (starttime, vm_sync VMAs, DAX VMAs)
+        self.dax_cache = DaxBytesCache()
+        self.dax_cache.kinds = getattr(model.vma_cache, "dax_cache", self.dax_cache.kinds)
+        self.dax_bytes: Dict[int, Dict[str, int]] = {}   # pid -> {kind: bytes}, top N with DAX VMAs
         self.scrape_seconds = 0.0
         self.scrapes = 0
 
@@ -162,7 +249,11 @@ class Collector:
             now = time.monotonic()
             if self.series is None or now - self.last_step >= self.min_interval:
                 self.probes.poll(0)
-                frame = self.model.step(self.probes.snapshot())
+                counts = self.probes.snapshot()
+                frame = self.model.step(counts)
+                causes = dict.fromkeys(FALLBACK_CAUSES.values(), 0) if self.model.fallbacks_known else {}
+                causes.update(fallback_causes(counts))
+                frame["dax_fallback_causes"] = causes     # every cause a series from 0 where the probe is on
                 self.series = self.state.add(frame, self.model.procs.state)
                 self.last_step = now
                 for r in frame["processes"]:
@@ -170,7 +261,22 @@ class Collector:
                         t = self.model.procs.state.get(r["pid"])
                         if t is not None:
                             self.vma_counts[r["pid"]] = (t.starttime, r["vm_sync_vmas"], r.get("dax_vmas"))
+                self._refresh_dax_bytes(self.series)
             return self.series
+
+    def _refresh_dax_bytes(self, s: Series) -> None:
+        """DAX resident bytes of the exported processes that have DAX VMAs (none read for the others)."""
+        self.dax_bytes = {}
+        for p in s.processes:
+            pid = int(p["pid"])
+            vc = self.vma_counts.get(pid)
+            if vc is None or str(vc[0]) != p["start"] or not vc[2]:
+                continue
+            entry = self.model.vma_cache.cache.get(pid)
+            val = self.dax_cache.get(pid, vc[0], entry[1] if entry is not None else None)
+            if val is not None:
+                self.dax_bytes[pid] = val
+        self.dax_cache.keep(self.dax_bytes)
 
     def collect(self) -> Iterable:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
@@ -184,6 +290,8 @@ class Collector:
         small = GaugeMetricFamily("pmemtrace_small_bytes", "Resident bytes mapped by 4 KiB PTEs", labels=labels)
         dax_vmas = GaugeMetricFamily("pmemtrace_dax_vmas", "DAX VMAs of the process (fs-dax, device-dax)",
                                      labels=labels)
+        dax_bytes = GaugeMetricFamily("pmemtrace_dax_bytes", "DAX resident bytes of the process by kind, from the "
+                                      "page tables (processes with DAX VMAs)", labels=labels + ["kind"])
         sync = GaugeMetricFamily("pmemtrace_vm_sync_vmas", "VM_SYNC (MAP_SYNC) VMAs of the process", labels=labels)
         faults = CounterMetricFamily("pmemtrace_page_faults", "Page faults (minflt + majflt) counted while exported",
                                      labels=labels)
@@ -202,7 +310,9 @@ class Collector:
                     sync.add_metric(lv, vc[1])
                     if vc[2] is not None:
                         dax_vmas.add_metric(lv, vc[2])
-        yield from (resident, huge, small, dax_vmas, sync, faults, hfaults)
+                for kind, n in self.dax_bytes.get(int(p["pid"]), {}).items():
+                    dax_bytes.add_metric(lv + [kind], n)
+        yield from (resident, huge, small, dax_vmas, dax_bytes, sync, faults, hfaults)
 
         policy = kernel.thp_policy(self.thp_root)
         info = InfoMetricFamily("pmemtrace_thp_policy", "THP policy (sysfs transparent_hugepage)")
@@ -222,6 +332,12 @@ class Collector:
             if key in vm:
                 c = CounterMetricFamily(name, f"/proc/vmstat {key}")
                 c.add_metric([], vm[key])
+                yield c
+        khp = read_khugepaged(self.thp_root)
+        for key, name in KHUGEPAGED_COUNTERS.items():
+            if key in khp:
+                c = CounterMetricFamily(name, f"sysfs transparent_hugepage/khugepaged/{key}")
+                c.add_metric([], khp[key])
                 yield c
         dax = CounterMetricFamily("pmemtrace_dax_faults", "DAX faults by outcome (fs_dax tracepoints)",
                                   labels=["outcome"])

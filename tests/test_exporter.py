@@ -18,10 +18,11 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from pmemtrace import exporter, sampler
+from pmemtrace import aggregate, daxcause, exporter, interval, sampler
 from pmemtrace.errors import NotRoot
 from testkit import ROOT, run_cli
 
@@ -127,6 +128,147 @@ def test_exposition_passes_promtool_check_metrics():
             b"pmemtrace_mthp_anon_fault_alloc_total", b"pmemtrace_dax_faults_total"} <= names
     # bounded: 5 processes + other per process metric
     assert len(re.findall(rb"^pmemtrace_resident_bytes\{", text, re.M)) <= 6
+
+
+# ----------------------------------------------------------------- unit: the Collector with fakes
+# (no DAX on this machine: the DAX series are tested with a fake model, fake probes and a fake reader)
+
+class FakeModel:
+    """interval.Model's surface the Collector uses: step(), procs.state, vma_cache, fallbacks_known."""
+    fallbacks_known = True
+
+    def __init__(self, tracked, rows):
+        self.procs = SimpleNamespace(state=tracked)
+        self.vma_cache = SimpleNamespace(cache={}, dax_cache={})
+        self.rows = rows
+
+    def step(self, counts):
+        return {"processes": [dict(r) for r in self.rows], "system": {"dax": {}}, "lost_events": counts.lost}
+
+
+class FakeProbes(interval.NoProbes):
+    def __init__(self, batches):
+        self.batches = list(batches)
+
+    def snapshot(self):
+        return aggregate.ProbeCounts(events=self.batches.pop(0) if self.batches else [])
+
+
+def tracked(pid, start, rss):
+    fields = sampler.Tracked.__dataclass_fields__
+    kw = {k: 0 for k in fields if k not in ("pid", "starttime", "comm", "huge")}
+    return sampler.Tracked(pid=pid, starttime=start, comm=f"c{pid}", huge=sampler.HugeBytes(rss=rss), **kw)
+
+
+def fake_thp_root(tmp_path, pages_collapsed="7", full_scans="3"):
+    for name, text in (("enabled", "always [madvise] never"), ("defrag", "[madvise] never"),
+                       ("shmem_enabled", "always [never]")):
+        (tmp_path / name).write_text(text + "\n")
+    (tmp_path / "khugepaged").mkdir()
+    (tmp_path / "khugepaged" / "pages_collapsed").write_text(pages_collapsed + "\n")
+    (tmp_path / "khugepaged" / "full_scans").write_text(full_scans + "\n")
+    return str(tmp_path)
+
+
+def scrape(collector):
+    from prometheus_client import CollectorRegistry, generate_latest
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    raw = generate_latest(registry)
+    r = subprocess.run([need("promtool"), "check", "metrics"], input=raw, capture_output=True)
+    assert r.returncode == 0, (r.stdout + r.stderr).decode()
+    text = raw.decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def test_dax_bytes_only_for_processes_with_dax_vmas_and_refreshed_with_them(tmp_path):
+    rows = [{"pid": 10, "faults": 0, "huge_faults": 0, "vm_sync_vmas": 1, "dax_vmas": 2},
+            {"pid": 11, "faults": 0, "huge_faults": 0, "vm_sync_vmas": 0, "dax_vmas": 0},
+            {"pid": 12, "faults": 0, "huge_faults": 0, "vm_sync_vmas": None, "dax_vmas": None}]
+    model = FakeModel({10: tracked(10, 100, 9), 11: tracked(11, 110, 8), 12: tracked(12, 120, 7)}, rows)
+    model.vma_cache.cache = {10: (100, 1.0, None), 11: (110, 1.0, None)}
+    reads = []
+
+    def read(pid, kinds):
+        reads.append(pid)
+        assert kinds is model.vma_cache.dax_cache        # one statx per file, shared with dax_vmas
+        return {"devdax": 4 * MIB * len(reads), "fsdax": 2 * MIB}
+
+    c = exporter.Collector(model, interval.NoProbes(), exporter.State(3), thp_root=fake_thp_root(tmp_path))
+    c.dax_cache.read = read
+    m = scrape(c)
+    assert m['pmemtrace_dax_bytes{comm="c10",kind="devdax",pid="10",start="100"}'] == 4 * MIB
+    assert m['pmemtrace_dax_bytes{comm="c10",kind="fsdax",pid="10",start="100"}'] == 2 * MIB
+    assert [k for k in m if k.startswith("pmemtrace_dax_bytes{")] == [
+        'pmemtrace_dax_bytes{comm="c10",kind="devdax",pid="10",start="100"}',
+        'pmemtrace_dax_bytes{comm="c10",kind="fsdax",pid="10",start="100"}']
+    assert reads == [10]                                  # 11 (no DAX VMA) and 12 (not yet known): no read
+    scrape(c)
+    assert reads == [10]                                  # dax_vmas not re-read: cached
+    model.vma_cache.cache[10] = (100, 11.0, None)         # the model re-read pid 10's VMA counts
+    m = scrape(c)
+    assert reads == [10, 10]
+    assert m['pmemtrace_dax_bytes{comm="c10",kind="devdax",pid="10",start="100"}'] == 8 * MIB
+    model.procs.state = {10: tracked(10, 999, 9)}         # pid reused: no series from the old process
+    model.rows = [{"pid": 10, "faults": 0, "huge_faults": 0, "vm_sync_vmas": 0, "dax_vmas": 0}]
+    m = scrape(c)
+    assert not [k for k in m if k.startswith("pmemtrace_dax_bytes{")] and c.dax_cache.cache == {}
+
+
+def test_dax_bytes_of_sums_page_table_residency_by_kind(monkeypatch):
+    from pmemtrace import pagemap, procfs
+
+    def block(start, end, inode):
+        return SimpleNamespace(map=procfs.MapEntry(start, end, "rw-s", 0, (259, 1), inode, f"/f{inode}"))
+
+    blocks = [block(0x1000, 0x3000, 0), block(0x200000, 0x600000, 5), block(0x800000, 0xa00000, 6),
+              block(0xc00000, 0xe00000, 7), block(0xe00000, 0xf00000, 8)]
+    kinds = {((259, 1), 5): "fsdax", ((259, 1), 6): "devdax", ((259, 1), 7): "fsdax"}
+    monkeypatch.setattr(procfs, "read_smaps_layout_only", lambda pid: blocks)
+    monkeypatch.setattr(sampler, "vma_dax", lambda pid, m: "none")          # inode 8: not DAX
+    res = {0x200000: pagemap.DaxResidency(3 * MIB, 2 * MIB, MIB, "pagemap"),
+           0x800000: pagemap.DaxResidency(None, None, None, "pagemap"),
+           0xc00000: pagemap.DaxResidency(4096, 0, 4096, "pagemap")}
+    monkeypatch.setattr(pagemap, "dax_residency_many", lambda pid, ranges: [res[s] for s, _ in ranges])
+    # devdax: its one VMA's page tables unreadable -> unknown, left out (never 0)
+    assert exporter.dax_bytes_of(1, kinds) == {"fsdax": 3 * MIB + 4096}
+    assert kinds[((259, 1), 8)] == "none"
+
+
+def fallback_event(**kw):
+    e = {"type": aggregate.EVENT_DAX_FALLBACK, "tgid": 10, "vm_start": 0x200000, "vm_end": 0x800000,
+         "address": 0x400000, "pgoff": 0x200, "max_pgoff": 0x1000, "flags": 0, "vm_flags": 0x8, "pte_seen": False}
+    e.update(kw)
+    return e
+
+
+def test_dax_fallbacks_counted_by_cause_from_streamed_events(tmp_path):
+    model = FakeModel({}, [])
+    batches = [[fallback_event(pgoff=0x201), fallback_event(flags=1, vm_flags=0), fallback_event(pgoff=0x201)],
+               [fallback_event(pte_seen=True), {"type": aggregate.EVENT_MUNMAP, "tgid": 10}]]
+    c = exporter.Collector(model, FakeProbes(batches), exporter.State(3), thp_root=fake_thp_root(tmp_path))
+    m = scrape(c)
+    fb = {k: v for k, v in m.items() if k.startswith("pmemtrace_dax_fallbacks_total")}
+    assert fb == {'pmemtrace_dax_fallbacks_total{cause="cow"}': 1,
+                  'pmemtrace_dax_fallbacks_total{cause="misaligned"}': 2,
+                  'pmemtrace_dax_fallbacks_total{cause="other"}': 0,
+                  'pmemtrace_dax_fallbacks_total{cause="outside_vma"}': 0,
+                  'pmemtrace_dax_fallbacks_total{cause="past_eof"}': 0,
+                  'pmemtrace_dax_fallbacks_total{cause="pte_present"}': 0}
+    m = scrape(c)
+    assert m['pmemtrace_dax_fallbacks_total{cause="misaligned"}'] == 2
+    assert m['pmemtrace_dax_fallbacks_total{cause="pte_present"}'] == 1
+    assert set(exporter.FALLBACK_CAUSES) == set(daxcause.CAUSES)
+
+
+def test_khugepaged_counters_from_sysfs(tmp_path):
+    c = exporter.Collector(FakeModel({}, []), interval.NoProbes(), exporter.State(3),
+                           thp_root=fake_thp_root(tmp_path, "7", "3"))
+    m = scrape(c)
+    assert m["pmemtrace_khugepaged_pages_collapsed_total"] == 7
+    assert m["pmemtrace_khugepaged_full_scans_total"] == 3
+    assert exporter.read_khugepaged(str(tmp_path / "nowhere")) == {}
 
 
 # ----------------------------------------------------------------- live: a real Prometheus

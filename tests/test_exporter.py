@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import pytest
 
 from pmemtrace import aggregate, daxcause, exporter, interval, sampler
 from pmemtrace.errors import NotRoot
-from testkit import ROOT, run_cli
+from testkit import ROOT, cannot_run, run_cli
 
 DEPLOY = ROOT / "pmemtrace" / "deploy"
 RULES = DEPLOY / "pmemtrace-rules.yml"
@@ -400,6 +401,35 @@ def test_real_prometheus_exact_huge_bytes_and_alert(prometheus_and_exporter, bui
         for p in (thp, drop):
             p.stdin.close()
             p.wait(10)
+
+
+@pytest.mark.live
+def test_default_path_with_dax_probes_serves_and_detaches_on_sigterm():
+    """The default exporter (the rare-path fs_dax probes attached, no --no-bpf) starts here as root,
+    serves an exposition promtool accepts, and leaves no BPF program behind after SIGTERM."""
+    if os.geteuid() != 0:
+        cannot_run("needs root")
+    from test_signals_live import loaded_progs, progs_of
+    port = free_port()
+    exp = subprocess.Popen([sys.executable, "-m", "pmemtrace", "exporter", "--listen", f"127.0.0.1:{port}"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ours = set()
+    try:
+        text = wait_http(f"http://127.0.0.1:{port}/metrics", 60)
+        ours = progs_of(exp.pid)
+        assert ours and ours <= loaded_progs(), "the DAX probes are not attached"
+        r = subprocess.run([need("promtool"), "check", "metrics"], input=text, capture_output=True)
+        assert r.returncode == 0, (r.stdout + r.stderr).decode()
+        # the fs_dax PMD probe is on: every fallback cause is a series from 0 (no DAX on this machine)
+        for cause in exporter.FALLBACK_CAUSES.values():
+            assert f'pmemtrace_dax_fallbacks_total{{cause="{cause}"}} 0.0'.encode() in text
+        assert b'pmemtrace_dax_faults_total{outcome="pmd_huge"} 0.0' in text
+    finally:
+        exp.send_signal(signal.SIGTERM)
+        _, err = exp.communicate(timeout=30)
+    assert exp.returncode == 0, err
+    assert err == ""
+    assert not ours & loaded_progs(), "BPF programs left after SIGTERM"
 
 
 def firing(base, comm):

@@ -9,8 +9,9 @@ interval since the exporter started. Counter series never go down:
   - a process that leaves the top N keeps its running totals (its series just stops being
     exposed while it is out); while out, and after it exits, its deltas go to ``pid="other"``,
     which only ever adds.
-Cardinality: at most ``--max-processes`` (default 50) + 1 process label sets per metric, plus the
-per-VMA series of ``--vmas PID`` (one label set per VMA of that process). See README.
+Cardinality: at most ``--max-processes`` (default 50) + 1 process label sets per metric (DAX bytes:
+two kinds for each of the top N that has DAX VMAs), plus the per-VMA series of ``--vmas PID`` (one
+label set per VMA of that process). See README.
 """
 import ipaddress
 import os

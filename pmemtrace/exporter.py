@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from . import aggregate, daxcause, interval, kernel, pagemap, procfs, sampler
+from . import aggregate, daxcause, interval, kernel, pagemap, procfs, sampler, vma_sampler
 from .errors import PmemtraceError
 
 DEFAULT_PORT = 19149      # outside 9100-9999, the Prometheus wiki's exporter range, which is full
@@ -187,7 +187,7 @@ def dax_bytes_of(pid: int, kinds: Dict[Tuple[Tuple[int, int], int], str]) -> Dic
             continue
         key = (m.dev, m.inode)
         if key not in kinds:
-            kinds[key] = sampler.vma_dax(pid, m)
+            kinds[key] = vma_sampler.vma_dax(pid, m)
         if kinds[key] != "none":
             ranges.append((m.start, m.end))
             kind_of.append(kinds[key])

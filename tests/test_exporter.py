@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pmemtrace import aggregate, daxcause, exporter, interval, sampler
+from pmemtrace import aggregate, daxcause, exporter, interval, sampler, vma_sampler
 from pmemtrace.errors import NotRoot
 from testkit import ROOT, cannot_run, run_cli
 
@@ -227,7 +227,7 @@ def test_dax_bytes_of_sums_page_table_residency_by_kind(monkeypatch):
               block(0xc00000, 0xe00000, 7), block(0xe00000, 0xf00000, 8)]
     kinds = {((259, 1), 5): "fsdax", ((259, 1), 6): "devdax", ((259, 1), 7): "fsdax"}
     monkeypatch.setattr(procfs, "read_smaps_layout_only", lambda pid: blocks)
-    monkeypatch.setattr(sampler, "vma_dax", lambda pid, m: "none")          # inode 8: not DAX
+    monkeypatch.setattr(vma_sampler, "vma_dax", lambda pid, m: "none")      # inode 8: not DAX
     res = {0x200000: pagemap.DaxResidency(3 * MIB, 2 * MIB, MIB, "pagemap"),
            0x800000: pagemap.DaxResidency(None, None, None, "pagemap"),
            0xc00000: pagemap.DaxResidency(4096, 0, 4096, "pagemap")}

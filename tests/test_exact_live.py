@@ -85,7 +85,9 @@ def hot_run(bins, kind, *, exact):
     top = None
     try:
         _, start, _ = w.stdout.readline().split()
-        top = Top(0.1, 100000, "--json", "-p", w.pid, *(["--exact"] if exact else []))
+        # mincore is watched by syscall tracepoints only on request where the kernel has no kprobes
+        top = Top(0.1, 100000, "--json", "-p", w.pid, *(["--exact"] if exact else []),
+                  *(["--syscalls"] if kind == "mincore" else []))
         first = top.frame()
         assert first is not None, top.proc.stderr.read()
         w.stdin.write("go\n")
@@ -255,7 +257,7 @@ def test_soak_exact_top_under_vma_and_process_churn(bins, tmp_path):
     churn for PMEMTRACE_SOAK_SECONDS (60 by default; 600 on demand): no lost event, map
     occupancy under its bound, and top's RSS flat (second half within 16 MiB of the first)."""
     seconds = float(os.environ.get("PMEMTRACE_SOAK_SECONDS", "60"))
-    top = Top(0.5, 1000000, "--json", "--exact")
+    top = Top(0.5, 1000000, "--json", "--exact", "--syscalls")      # every map, mincore's included
     rss = []
     try:
         frames = [top.frame()]

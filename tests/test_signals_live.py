@@ -142,11 +142,12 @@ def sleeper():
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 def test_top_signal_during_attach(sig):
     r = Run(["top", "1", "--json"])
-    time.sleep(1.0)                      # python is up; bcc compiles and attaches for seconds
+    time.sleep(0.3)                      # python is up; bcc compiles and attaches (about 0.5 s)
     r.proc.send_signal(sig)
     code, err = r.finish()
     r.assert_clean(code, err, 0, allowed_lines=0)
-    assert r.stdout_lines == []
+    # top prints the state at once after attaching: at most that initial frame, never an interval
+    assert len(r.stdout_lines) <= 1 and all('"initial":true' in line for line in r.stdout_lines)
 
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)

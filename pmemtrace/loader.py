@@ -39,7 +39,7 @@ Bounds (every map; occupancy in ProbeCounts.maps, shown by `top --json` and doct
   and nothing accumulates across pids (no pid reuse question arises).
   pte_ranges, dsync_start, *_inflight: memories, not counts: LRU hash maps (the kernel
   evicts the least recently used entry when full); a failed update is counted in lost.
-  stash: task-local storage, freed with its task.
+  stash: an array indexed by thread id, overwritten fault by fault (probes/stash.h).
 
 Features:
   thp       every THP fault allocation attributed by address (raw tracepoints on the fault path)
@@ -67,9 +67,9 @@ from .aggregate import (DAX_OUTCOMES, EVENT_DAX_FALLBACK, LOST_REASONS, MincoreS
 from .errors import BccMissing, NotRoot, ProbeLoadFailed
 from .program import (  # noqa: F401  (loader.X stays the API for the program's tables too)
     ATTACHMENTS, Attachment, COUNT_MAPS, DEVDAX_SYMBOL, EXTRA_PROGRAMS, FEATURES, KPROBE_RETURNS,
-    KPROBE_SYSCALLS, LRU_MAPS, MAP_SIZES, SOURCES, SYSCALL_PREFIXES, TASK_STORAGE_NOTE, build_text,
+    KPROBE_SYSCALLS, LRU_MAPS, MAP_SIZES, SOURCES, SYSCALL_PREFIXES, build_text,
     devdax_size_args, kallsyms_text, kprobe_available, plan, probes_dir, resolve_enums, shared_defines,
-    source_text, stash_defines, syscall_kprobes, syscall_symbol,
+    source_text, stash_fits, syscall_kprobes, syscall_symbol,
 )
 OCCUPANCY_SECONDS = 5.0
 MEMBARRIER_CMD_GLOBAL = 1
@@ -261,8 +261,6 @@ class Probes:
         if now - self._lru_read_at >= OCCUPANCY_SECONDS:
             self._lru_read_at = now
             for name, size in LRU_MAPS.items():
-                if name == "stash" and TASK_STORAGE_NOTE not in self.missing:
-                    continue        # task storage: no keys to walk, bounded by the tasks
                 if self._has_table(name):
                     self._lru_seen[name] = {"entries": len(list(self.bpf[name].keys())),
                                             "max_entries": MAP_SIZES[size]}

@@ -73,7 +73,7 @@ SOURCES = {"thp": "faults.c", "faults": "faults.c", "dax": "dax.c", "syscalls": 
 MAP_SIZES = {"THP_MAP_ENTRIES": 65536, "FAULT_MAP_ENTRIES": 262144, "DAX_MAP_ENTRIES": 131072,
              "COMM_MAP_ENTRIES": 16384, "DSYNC_HIST_ENTRIES": 16384, "PTE_RANGE_ENTRIES": 65536,
              "DSYNC_START_ENTRIES": 65536, "INFLIGHT_ENTRIES": 10240, "MINCORE_VEC_WORDS": 512,
-             "STASH_ENTRIES": 16384, "COLLAPSE_MAP_ENTRIES": 16384}
+             "STASH_ENTRIES": 65536, "COLLAPSE_MAP_ENTRIES": 16384}
 # the maps snapshot() drains by epoch (name -> its MAP_SIZES entry)
 COUNT_MAPS = {"thp_faults": "THP_MAP_ENTRIES", "thp_unattributed": "COMM_MAP_ENTRIES",
               "thp_comm": "COMM_MAP_ENTRIES", "page_faults": "FAULT_MAP_ENTRIES",
@@ -83,8 +83,7 @@ COUNT_MAPS = {"thp_faults": "THP_MAP_ENTRIES", "thp_unattributed": "COMM_MAP_ENT
 # LRU maps (memories, not counts): occupancy counted every OCCUPANCY_SECONDS (a full walk)
 LRU_MAPS = {"pte_ranges": "PTE_RANGE_ENTRIES", "dsync_start": "DSYNC_START_ENTRIES",
             "mmap_inflight": "INFLIGHT_ENTRIES", "mincore_inflight": "INFLIGHT_ENTRIES",
-            "devdax_inflight": "INFLIGHT_ENTRIES", "collapse_madvise": "INFLIGHT_ENTRIES",
-            "stash": "STASH_ENTRIES"}     # only before 5.11: task storage (freed with its task) after
+            "devdax_inflight": "INFLIGHT_ENTRIES", "collapse_madvise": "INFLIGHT_ENTRIES"}
 
 
 def shared_defines() -> Dict[str, int]:
@@ -196,8 +195,7 @@ def resolve_enums() -> Dict[str, int]:
     """Enum values this kernel build uses: never hard-coded, they differ between builds."""
     wanted = {"THP_FAULT_ALLOC_ITEM": "THP_FAULT_ALLOC", "THP_FILE_ALLOC_ITEM": "THP_FILE_ALLOC",
               "VM_FAULT_NOPAGE_MASK": "VM_FAULT_NOPAGE", "VM_FAULT_FALLBACK_MASK": "VM_FAULT_FALLBACK",
-              "VM_FAULT_NEEDDSYNC_MASK": "VM_FAULT_NEEDDSYNC",     # enum vm_fault_reason holds masks
-              "BPF_MAP_TYPE_TASK_STORAGE_VALUE": "BPF_MAP_TYPE_TASK_STORAGE"}
+              "VM_FAULT_NEEDDSYNC_MASK": "VM_FAULT_NEEDDSYNC"}     # enum vm_fault_reason holds masks
     out = {}
     for macro, name in wanted.items():
         try:
@@ -297,8 +295,6 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
     ksys = [a for a in usable if a.category == "ksyscall"]
     if ksys and not str(syscall_symbol(ksys[0].event, kallsyms_text())).startswith("sys_"):
         defines.append("#define SYSCALL_WRAPPER 1")
-    if thp_attribution or devdax:
-        defines += stash_defines(enums, missing)
     structs = []
     for att in usable:
         if not att.raw and att.category != "ksyscall":
@@ -329,15 +325,10 @@ def build_text(features: Iterable[str], pid: Optional[int] = None, tracefs: Opti
     return "\n".join(parts) + "\n", usable, missing
 
 
-TASK_STORAGE_NOTE = "bpf:task_storage"
+# tid high bits in the free low bits of a page address (probes/stash.h): pid_max <= 2^22
+PID_MAX_LIMIT = 1 << 22        # thread ids are below it
 
 
-def stash_defines(enums: Dict[str, int], missing: Dict[str, str]) -> List[str]:
-    """How the fault address travels from page_fault_user to its consumers: BPF task storage
-    (5.11+, with bpf_get_current_task_btf), else an LRU hash keyed by thread id, noted."""
-    if enums.get("BPF_MAP_TYPE_TASK_STORAGE_VALUE", 0) >= 0:
-        return ["#define HAVE_TASK_STORAGE 1"]
-    missing[TASK_STORAGE_NOTE] = (f"no BPF task storage (Linux 5.11+): fault addresses are kept in an LRU hash "
-                                  f"of {MAP_SIZES['STASH_ENTRIES']} threads instead; with more threads faulting at "
-                                  f"once the oldest lose their address (THP faults then count as unattributed)")
-    return []
+def stash_fits(entries: int, page_shift: int) -> bool:
+    """The stash word keeps tid / STASH_ENTRIES below its valid bit, 1 << (page_shift - 1)."""
+    return entries & (entries - 1) == 0 and (PID_MAX_LIMIT - 1) // entries < 1 << (page_shift - 1)

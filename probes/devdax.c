@@ -37,12 +37,7 @@ int on_devdax_fault_ret(struct pt_regs *ctx)
 	devdax_inflight.delete(&tid);
 	u32 ep = current_epoch();
 	u32 result = (u32)PT_REGS_RC(ctx);
-#ifdef HAVE_TASK_STORAGE
-	struct fault_stash *s = stash.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0, 0);
-#else
-	struct fault_stash *s = stash.lookup(&tid);
-#endif
-	u64 page = s ? s->address & PAGE_MASK_ADDR : 0;
+	u64 page = stash_get(tid);
 	if (arg == DEVDAX_PMD_ARG) {
 		if (result & VM_FAULT_FALLBACK_MASK)
 			dax_count(ep, tgid, page, DAX_PMD_FALLBACK);

@@ -4,10 +4,8 @@
  * Raw tracepoints only (~50 ns a call): exceptions:page_fault_user gives the
  * faulting address before the fault is handled; memcg:count_memcg_events then
  * fires in the same task with THP_FAULT_ALLOC when the fault allocated a PMD
- * folio. The address travels from one to the other in the task-local stash.
- * Before 5.11 (no BPF task storage, no bpf_get_current_task_btf; the loader then
- * leaves HAVE_TASK_STORAGE undefined) the stash is an LRU hash keyed by thread id
- * (stash.h).
+ * folio. The address travels from one to the other in the stash, an array
+ * indexed by thread id, the same on every kernel (stash.h).
  *
  * FEATURE_FAULTS  (needs PID_FILTER): every fault counted per 4 KiB page
  *                 (page_fault_user alone: works where the memcg tracepoint is absent).
@@ -44,16 +42,7 @@ RAW_TRACEPOINT_PROBE(page_fault_user)
 	if (!pid_wanted(id >> 32))
 		return 0;
 #if defined(THP_ATTRIBUTION) || defined(FEATURE_DEVDAX)
-#ifdef HAVE_TASK_STORAGE
-	struct fault_stash *s = stash.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0,
-						       BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (s)
-		s->address = ctx->args[0];
-#else
-	u32 stash_tid = id;
-	struct fault_stash st = { .address = ctx->args[0] };
-	stash.update(&stash_tid, &st);
-#endif
+	stash_put(id, ctx->args[0]);
 #endif
 #ifdef FEATURE_FAULTS
 	u32 ep = current_epoch();
@@ -78,16 +67,11 @@ RAW_TRACEPOINT_PROBE(count_memcg_events)
 	u64 n = ctx->args[2];
 	u64 zero64 = 0;
 	struct tgid_key t = { .tgid = tgid, .epoch = ep };
-#ifdef HAVE_TASK_STORAGE
-	struct fault_stash *s = stash.task_storage_get((struct task_struct *)bpf_get_current_task_btf(), 0, 0);
-#else
-	u32 stash_tid = id;
-	struct fault_stash *s = stash.lookup(&stash_tid);
-#endif
-	if (!s) {
+	u64 page = stash_get(id);
+	if (!page) {
 		add_or_lose(thp_unattributed.lookup_or_try_init(&t, &zero64), n, ep, LOST_THP_UNATTRIBUTED_FULL);
 	} else {
-		struct addr_key k = { .tgid = tgid, .epoch = ep, .addr = s->address & PMD_MASK_ADDR };
+		struct addr_key k = { .tgid = tgid, .epoch = ep, .addr = page & PMD_MASK_ADDR };
 		add_or_lose(thp_faults.lookup_or_try_init(&k, &zero64), n, ep, LOST_THP_FAULTS_FULL);
 	}
 	struct comm_t c = {};

@@ -1,43 +1,23 @@
-"""Where the fault address is stashed between tracepoints: BPF task storage (5.11+) or, on
-older kernels (5.10: no BPF_MAP_TYPE_TASK_STORAGE in BTF), a bounded LRU hash by thread id."""
+"""Where the fault address is kept between tracepoints: one array indexed by thread id on
+every kernel (probes/stash.h), its word checked against the thread's high bits."""
 import os
 
 from pmemtrace import loader
 
 
-def test_task_storage_when_btf_has_it():
-    missing = {}
-    assert loader.stash_defines({"BPF_MAP_TYPE_TASK_STORAGE_VALUE": 29}, missing) == ["#define HAVE_TASK_STORAGE 1"]
-    assert missing == {}
+def test_stash_word_fits_every_thread_id():
+    """tid / STASH_ENTRIES must stay below the valid bit that sits in a page address's free
+    low bits, for the largest pid_max Linux allows and the smallest page (4 KiB)."""
+    entries = loader.MAP_SIZES["STASH_ENTRIES"]
+    assert loader.stash_fits(entries, 12)
+    assert not loader.stash_fits(entries + 1, 12)           # not a power of two: the mask is wrong
+    assert not loader.stash_fits(1024, 12)                  # 4096 high-bit values > 2048
+    assert loader.stash_fits(2048, 12)
 
 
-def test_lru_hash_and_a_note_without_task_storage():
-    missing = {}
-    defines = loader.stash_defines({"BPF_MAP_TYPE_TASK_STORAGE_VALUE": -1}, missing)
-    assert defines == []          # the LRU branch of stash.h, sized by MAP_SIZES like every map
-    assert "STASH_ENTRIES" in loader.MAP_SIZES and loader.LRU_MAPS["stash"] == "STASH_ENTRIES"
-    assert "5.11" in missing["bpf:task_storage"] and "LRU hash" in missing["bpf:task_storage"]
-
-
-def test_every_task_storage_use_is_guarded():
-    """No task_storage_get / bpf_get_current_task_btf outside #ifdef HAVE_TASK_STORAGE."""
+def test_no_task_storage_anywhere():
+    """One mechanism on 5.10 and 7.2 alike: nothing needs BPF task storage or task BTF."""
     for name in ("faults.c", "devdax.c", "stash.h"):
         with open(os.path.join(loader.probes_dir(), name)) as f:
-            depth, guarded = 0, False
-            for line in f:
-                s = line.strip()
-                if s.startswith("#ifdef HAVE_TASK_STORAGE"):
-                    guarded, depth = True, 1
-                    continue
-                if guarded and s.startswith("#if"):
-                    depth += 1
-                elif guarded and s.startswith("#endif"):
-                    depth -= 1
-                    guarded = depth > 0
-                elif guarded and s.startswith("#else") and depth == 1:
-                    guarded = False
-                    depth = 0
-                if s.startswith("*") or s.startswith("/*"):
-                    continue
-                if "task_storage_get" in s or "bpf_get_current_task_btf" in s or "BPF_TASK_STORAGE(" in s:
-                    assert guarded, f"{name}: unguarded: {s}"
+            code = "\n".join(line for line in f if not line.lstrip().startswith(("*", "/*")))
+        assert "task_storage" not in code and "bpf_get_current_task_btf" not in code, name

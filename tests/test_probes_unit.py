@@ -72,7 +72,7 @@ def test_headers_are_included_once_per_program():
     first = loader.source_text("dax.c", str(PROBES), seen)
     second = loader.source_text("devdax.c", str(PROBES), seen)
     assert first.count("BPF_HASH(dax_counts") == 1 and "BPF_HASH(dax_counts" not in second
-    assert second.count("BPF_TASK_STORAGE(stash") == 1
+    assert second.count("BPF_ARRAY(stash") == 1
 
 
 def test_every_map_has_a_bound_and_an_eviction_rule():

@@ -39,8 +39,6 @@ BTF_VALUES = (
     ("VM_FAULT_NOPAGE", "vm_fault_reason", "DAX fault outcomes: mapped"),
     ("VM_FAULT_FALLBACK", "vm_fault_reason", "DAX fault outcomes: PMD fallback"),
     ("VM_FAULT_NEEDDSYNC", "vm_fault_reason", "DAX fault outcomes: MAP_SYNC NEEDDSYNC"),
-    ("BPF_MAP_TYPE_TASK_STORAGE", "bpf_map_type",
-     "BPF task storage (5.11+) for the fault address: a bounded LRU hash by thread id is used instead"),
 )
 
 

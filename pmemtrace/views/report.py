@@ -157,7 +157,7 @@ def build_json(proc: vmas_mod.ProcessVmas, show_all: bool, policy: kernel.ThpPol
         out["lost_events"] = lost
         out["unmapped"] = fault_columns(faults.get(aggregate.UNMAPPED))
         out["probes_missing"] = dict(probe_notes or {})
-        # THP faults whose address could not be carried to the allocation (no task storage)
+        # THP faults whose address could not be carried to the allocation (its thread's stash word was taken by another thread)
         out["huge_faults_unattributed"] = unattributed
         out["mincore"] = dataclasses.asdict(mincore or aggregate.MincoreStats())
         for key in FAULT_KEYS:

@@ -47,12 +47,7 @@ def test_doctor_sees_the_guest(setup_facts, kernel_version):
     else:
         assert "supported" not in scan.replace("not supported", "").replace("unsupported", ""), scan
     btf_line = find(bs, "BTF")
-    if kernel_version < (5, 11):      # 5.10: no BPF task storage; doctor says what replaces it
-        # (the probes doctor loads need no stash there: memcg:count_memcg_events is absent too; that
-        # the LRU stash carries device-dax fault addresses is test_devdax_pmd_fault_column's proof)
-        assert "BPF_MAP_TYPE_TASK_STORAGE (lost: BPF task storage (5.11+)" in btf_line, btf_line
-    else:
-        assert "BPF_MAP_TYPE_TASK_STORAGE=" in btf_line, btf_line
+    assert "THP_FAULT_ALLOC=" in btf_line and "TASK_STORAGE" not in btf_line, btf_line    # no stash needs it
     faults = find(bs, "device-dax faults")
     if os.path.exists(f"{TRACEFS}/kprobe_events"):
         assert "no kprobes" not in faults and "kprobe" in faults, faults

@@ -24,7 +24,7 @@ import urllib.parse
 import zlib
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from .errors import BadInputFile, BadOutputFile
+from .errors import BadInputFile, BadOutputFile, OutputExists
 
 FORMAT = "pmemtrace-record"
 SCHEMA = 1
@@ -45,11 +45,27 @@ def vma_digest(doc: dict) -> str:
     return hashlib.sha1(json.dumps(doc.get("vmas"), sort_keys=True).encode()).hexdigest()
 
 
+def check_output(path: str, force: bool) -> None:
+    """record -o: refuse an existing FILE (exit 18) unless --force; a directory is never replaced."""
+    if os.path.isdir(path):
+        raise BadOutputFile(f"cannot write the record file {path}: it is a directory")
+    if os.path.lexists(path) and not force:
+        raise OutputExists(f"{path} exists: give another -o FILE, or --force to replace it")
+
+
 class Writer:
-    def __init__(self, path: str, options: dict, kernel_release: str, started: float):
+    def __init__(self, path: str, options: dict, kernel_release: str, started: float, force: bool = False):
+        check_output(path, force)
         try:
-            if os.path.exists(path):
+            if force and os.path.lexists(path):
                 os.unlink(path)
+            # O_EXCL: a file that appeared since check_output is refused too, never overwritten
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            raise OutputExists(f"{path} exists: give another -o FILE, or --force to replace it") from None
+        except OSError as e:
+            raise BadOutputFile(f"cannot write the record file {path}: {e.strerror}") from None
+        try:
             self.db = sqlite3.connect(path)
             self.db.execute("PRAGMA journal_mode=DELETE")
         except (OSError, sqlite3.Error) as e:

@@ -198,3 +198,35 @@ def test_record_usage_errors(tmp_path):
     r = CliRunner().invoke(cli, ["plot", str(FIXTURES / "diff" / "report_split.json"), "-o",
                                  str(tmp_path / "no" / "x.svg")])
     assert r.exit_code == 14 and r.output.startswith("pmemtrace: plot: cannot write")
+
+
+def test_record_refuses_an_existing_file_unless_force(tmp_path):
+    """A recording is evidence: `record -o FILE` never silently replaces it (exit 18, one line,
+    before any probe is loaded); --force replaces it with a fresh file."""
+    path = tmp_path / "r.db"
+    w = store.Writer(str(path), {}, "6.18", 1000.0)
+    w.write_interval(1001.0, {"time": 1001.0, "processes": []}, {7: doc(4096)}, {"kernel": "6.18"})
+    w.close()
+    before = path.read_bytes()
+    r = CliRunner().invoke(cli, ["record", "-o", str(path), "-p", str(os.getpid()), "--duration", "1"])
+    assert r.exit_code == 18
+    assert r.output == f"pmemtrace: {path} exists: give another -o FILE, or --force to replace it\n"
+    assert path.read_bytes() == before
+    with pytest.raises(store.OutputExists):
+        store.Writer(str(path), {}, "6.18", 2000.0)
+    # a dangling symlink is refused too (lexists): the write would land wherever it points
+    link = tmp_path / "dangling.db"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(store.OutputExists):
+        store.Writer(str(link), {}, "6.18", 2000.0)
+    w = store.Writer(str(path), {}, "6.18", 2000.0, force=True)
+    w.close()
+    with store.Reader(str(path)) as r2:
+        assert (r2.interval_count(), r2.started) == (0, 2000.0)
+    r = CliRunner().invoke(cli, ["record", "-o", str(tmp_path), "-p", str(os.getpid()), "--force"])
+    assert r.exit_code == 14 and "it is a directory" in r.output
+
+
+def test_record_help_names_force():
+    r = CliRunner().invoke(cli, ["record", "--help"])
+    assert "--force" in r.output and "exit 18" in r.output

@@ -86,9 +86,11 @@ def snapshot(pid: int, strict: bool = True) -> Optional[dict]:
 
 
 def run(output: str, pids: List[int], comm: Optional[str], all_: bool, interval: float = 1.0,
-        duration: Optional[float] = None, exact: bool = False, probes_factory=open_probes, err=None) -> int:
+        duration: Optional[float] = None, exact: bool = False, probes_factory=open_probes, err=None,
+        force: bool = False) -> int:
     from .. import store
     err = err or sys.stderr
+    store.check_output(output, force)          # before the probes: a refusal costs nothing
     for p in pids:
         procfs.check_pid(p)
     one = pids[0] if len(pids) == 1 else None
@@ -115,7 +117,7 @@ def run(output: str, pids: List[int], comm: Optional[str], all_: bool, interval:
         model.start()
         probes.snapshot()
         started = time.time()
-        writer = store.Writer(output, options, kernel.release(), started)
+        writer = store.Writer(output, options, kernel.release(), started, force=force)
         print(f"Recording to {output} every {interval:g}s" + (f" for {duration:g}s" if duration else "")
               + "... Ctrl-C to stop", file=err, flush=True)
         deadline = time.monotonic()

@@ -219,6 +219,34 @@ class Reader:
         except (zlib.error, ValueError):
             raise BadInputFile(f"{self.path}: a damaged snapshot") from None
 
+    def vma_faults(self, at: Optional[str], pid: int) -> Dict[int, Dict[str, Optional[int]]]:
+        """{VMA start: report --duration's fault columns} summed over the frames up to --at (default:
+        all) of a `record -p PID` run (its frames carry top -p's per-VMA rows); {} for other runs.
+        A count a frame could not know (null) makes the sum unknown (None)."""
+        t = parse_at(at, self.started)
+        out: Dict[int, Dict[str, Optional[int]]] = {}
+        for _, _, frame in self.frames(t):
+            if frame.get("pid") != pid:
+                continue
+            for row in frame.get("vmas") or ():
+                start = row.get("start")
+                if not isinstance(start, int):
+                    continue
+                dax = row.get("dax_faults") or {}
+                cols = {"faults": row.get("faults"), "huge_faults": row.get("huge_faults"),
+                        "dax_pmd_faults": dax.get("pmd_huge", 0),
+                        "dax_pte_faults": dax.get("pte", 0) + dax.get("pte_needdsync", 0),
+                        "dax_fallbacks": dax.get("pmd_fallback", 0),
+                        "dax_needdsync": dax.get("pmd_needdsync", 0) + dax.get("pte_needdsync", 0)}
+                acc = out.get(start)
+                if acc is None:
+                    out[start] = cols
+                    continue
+                for k, n in cols.items():
+                    a = acc[k]
+                    acc[k] = None if a is None or n is None else a + n
+        return out
+
     def report_at(self, at: Optional[str] = None, pid: Optional[int] = None) -> dict:
         """The report document of pid (default: the largest RSS) in force at --at (default: the end)."""
         t = parse_at(at, self.started)

@@ -16,7 +16,7 @@ from .. import kernel, policy as policy_mod, procfs, sampler, vmas as vmas_mod
 from ..errors import KernelThread, NoSuchProcess, NotRoot, ProcessExited
 from ..interval import Model, features_for
 from .text import human_bytes
-from . import report
+from . import folios as folio_view, report
 
 ALL_BUDGET = 16                 # --all: snapshots of at most this many processes an interval ...
 ALL_MIN_RSS = 2 << 20           # ... each holding at least one PMD of RSS
@@ -82,7 +82,13 @@ def snapshot(pid: int, strict: bool = True) -> Optional[dict]:
         if strict:
             raise
         return None
-    return report.build_json(proc, False, kernel.thp_policy())
+    doc = report.build_json(proc, False, kernel.thp_policy())
+    del proc
+    try:
+        folio_view.annotate(doc, pid)      # report --json's folio keys: null where the kernel cannot tell
+    except (ProcessExited, NoSuchProcess):
+        return None
+    return doc
 
 
 def run(output: str, pids: List[int], comm: Optional[str], all_: bool, interval: float = 1.0,

@@ -230,3 +230,42 @@ def test_record_refuses_an_existing_file_unless_force(tmp_path):
 def test_record_help_names_force():
     r = CliRunner().invoke(cli, ["record", "--help"])
     assert "--force" in r.output and "exit 18" in r.output
+
+
+def test_wal_while_recording_one_file_after(tmp_path):
+    """Commits go to FILE-wal while recording (no fsync an interval); a reader sees every committed
+    interval meanwhile; a clean close leaves FILE alone, in rollback-journal mode."""
+    path = tmp_path / "r.db"
+    w = store.Writer(str(path), {}, "6.18", 1000.0)
+    for i in range(3):
+        w.write_interval(1001.0 + i, {"time": 1001.0 + i, "processes": []}, {7: doc(4096 * (i + 1))},
+                         {"kernel": "6.18"})
+    assert (tmp_path / "r.db-wal").exists()
+    with store.Reader(str(path)) as r:
+        assert r.interval_count() == 3
+    w.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.db"]
+    db = sqlite3.connect(str(path))
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert db.execute("select count(*) from intervals").fetchone()[0] == 3
+
+
+def test_snapshot_due_by_layout_in_pid_runs():
+    """record -p PID: the frame's per-VMA rows decide: faults that changed no VMA's bytes cost no
+    snapshot; a VMA that appeared or changed bytes does; LAYOUT_REFRESH bounds a quiet stretch."""
+    from pmemtrace.views.record import LAYOUT_REFRESH, layout_of, snapshot_due
+    vma = {"start": 4096, "end": 8192, "perms": "rw-p", "path": "", "huge_bytes": 0, "small_bytes": 4096,
+           "vm_hugepage": False, "vm_nohugepage": False, "faults": 5}
+    frame = {"pid": 7, "vmas": [vma], "processes": []}
+    lay = layout_of(frame, 7)
+    assert layout_of(frame, 8) is None and layout_of({"pid": 7, "processes": []}, 7) is None
+    row = {"pid": 7, "faults": 9, "rss_bytes": 4096, "huge_bytes": 0}
+    assert not snapshot_due(row, dict(row), 100.0, 101.0, lay, lay)
+    assert not snapshot_due(row, dict(row), 100.0, 101.0, layout_of({**frame, "vmas": [{**vma, "faults": 0}]}, 7),
+                            lay)
+    assert snapshot_due(row, dict(row), 100.0, 101.0,
+                        layout_of({**frame, "vmas": [{**vma, "small_bytes": 8192}]}, 7), lay)
+    assert snapshot_due(row, dict(row), 100.0, 101.0, layout_of({**frame, "vmas": [vma, {**vma, "start": 0}]}, 7),
+                        lay)
+    assert snapshot_due(row, dict(row), 100.0, 100.0 + LAYOUT_REFRESH, lay, lay)
+    assert not snapshot_due(row, dict(row), 100.0, 100.0 + LAYOUT_REFRESH - 1, lay, lay)

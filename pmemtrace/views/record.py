@@ -20,7 +20,8 @@ from . import folios as folio_view, report
 
 ALL_BUDGET = 16                 # --all: snapshots of at most this many processes an interval ...
 ALL_MIN_RSS = 2 << 20           # ... each holding at least one PMD of RSS
-SNAPSHOT_REFRESH = 10.0         # a quiet process's VMAs are re-read this often
+SNAPSHOT_REFRESH = 30.0         # a quiet process's VMAs are re-read this often (a snapshot: 10-50 ms) ...
+LAYOUT_REFRESH = 120.0          # ... or, where the frame has its per-VMA rows (record -p PID), this often
 POLICY_REFRESH = 10.0           # and the sysfs policy
 
 
@@ -60,16 +61,31 @@ def procfs_comms() -> Dict[int, str]:
     return out
 
 
-def snapshot_due(row: Optional[dict], last_row: Optional[dict], last_time: Optional[float], now: float) -> bool:
-    """Re-read a process's VMAs (2-3 ms) only when its frame row says something moved: faults,
-    RSS or huge bytes, madvise calls; or SNAPSHOT_REFRESH seconds after the last read."""
-    if last_time is None or now - last_time >= SNAPSHOT_REFRESH:
+def snapshot_due(row: Optional[dict], last_row: Optional[dict], last_time: Optional[float], now: float,
+                 layout: Optional[tuple] = None, last_layout: Optional[tuple] = None) -> bool:
+    """Re-read a process's VMAs (10-50 ms: smaps, page tables, folio sizes) only when its frame
+    row says something moved: faults, RSS or huge bytes, madvise calls; with `layout` (the
+    frame's per-VMA rows of a `-p PID` run) only when a VMA shown appeared, went, moved or
+    changed bytes; or after SNAPSHOT_REFRESH (LAYOUT_REFRESH with layouts) seconds."""
+    refresh = SNAPSHOT_REFRESH if layout is None else LAYOUT_REFRESH
+    if last_time is None or now - last_time >= refresh:
         return True
+    if layout is not None:
+        return layout != last_layout         # faults that changed no VMA's bytes change no snapshot
     if row is None:
         return False
     if row.get("faults") or row.get("huge_faults") or row.get("madvise_calls") or row.get("dax_faults"):
         return True
     return last_row is None or any(row.get(k) != last_row.get(k) for k in ("rss_bytes", "huge_bytes"))
+
+
+def layout_of(frame: dict, pid: int) -> Optional[tuple]:
+    """The VMAs a `top -p PID` frame shows (those with bytes, faults or DAX: report's rows), as
+    (start, end, perms, path, huge, small, MADV_HUGEPAGE, MADV_NOHUGEPAGE); None for other frames."""
+    if frame.get("pid") != pid or not isinstance(frame.get("vmas"), list):
+        return None
+    return tuple((r.get("start"), r.get("end"), r.get("perms"), r.get("path"), r.get("huge_bytes"),
+                  r.get("small_bytes"), r.get("vm_hugepage"), r.get("vm_nohugepage")) for r in frame["vmas"])
 
 
 def snapshot(pid: int, strict: bool = True) -> Optional[dict]:
@@ -131,6 +147,7 @@ def run(output: str, pids: List[int], comm: Optional[str], all_: bool, interval:
         done = False
         last_read: Dict[int, float] = {}
         last_rows: Dict[int, Optional[dict]] = {}
+        last_layouts: Dict[int, Optional[tuple]] = {}
         policy: Optional[dict] = None
         policy_read = 0.0
         while not done:
@@ -149,12 +166,14 @@ def run(output: str, pids: List[int], comm: Optional[str], all_: bool, interval:
             rows = {r["pid"]: r for r in frame.get("processes", []) if isinstance(r.get("pid"), int)}
             reports = {}
             for p in watched(pids, comm, all_):
-                if not snapshot_due(rows.get(p), last_rows.get(p), last_read.get(p), now):
+                layout = layout_of(frame, p)
+                if not snapshot_due(rows.get(p), last_rows.get(p), last_read.get(p), now, layout,
+                                    last_layouts.get(p)):
                     continue
                 doc = snapshot(p, strict=bool(pids))
                 if doc is not None:
                     reports[p] = doc
-                    last_read[p], last_rows[p] = now, rows.get(p)
+                    last_read[p], last_rows[p], last_layouts[p] = now, rows.get(p), layout
             if policy is None or now - policy_read >= POLICY_REFRESH:
                 policy, policy_read = policy_mod.read(), now
             writer.write_interval(time.time(), frame, reports, policy)

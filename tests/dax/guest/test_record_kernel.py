@@ -9,10 +9,12 @@ the anonymous huge bytes equal to smaps' AnonHugePages; the MAP_SYNC VMAs are fs
 """
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -30,6 +32,52 @@ def anon_huge_pages(pid, start):
     return int(re.search(r"AnonHugePages:\s+(\d+) kB", block).group(1)) * 1024
 
 
+class Lines:
+    """A pipe's lines, read by a thread, waited for with a deadline (a hang fails with what was seen)."""
+
+    def __init__(self, pipe):
+        self.q, self.seen = queue.Queue(), []
+        threading.Thread(target=self._pump, args=(pipe,), daemon=True).start()
+
+    def _pump(self, pipe):
+        for line in pipe:
+            self.q.put(line)
+        self.q.put(None)
+
+    def until(self, prefix, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.q.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            if line is None:
+                return None
+            self.seen.append(line)
+            if line.startswith(prefix):
+                return line
+
+
+def where(pid):
+    """Where a process sits in the kernel (for a hang's failure text)."""
+    out = []
+    for name in ("wchan", "stack", "status"):
+        try:
+            text = open(f"/proc/{pid}/{name}").read()
+        except OSError as e:
+            text = str(e)
+        out.append(f"{name}: {text if name != 'status' else text.splitlines()[2]}")
+    return "; ".join(out)
+
+
+def progress(msg):
+    line = f"[{time.monotonic():.1f}] {msg}"
+    print(line, flush=True)
+    if os.path.isdir("/out"):
+        with open("/out/record-kernel-progress.log", "a") as f:
+            f.write(line + "\n")
+
+
 def test_record_kernel_workload(setup_facts, workload_dir, tmp_path):
     if "fsdax-ext4" not in setup_facts:
         pytest.fail("stage2 did not set up fs-dax ext4 (see guest.log)")
@@ -39,31 +87,50 @@ def test_record_kernel_workload(setup_facts, workload_dir, tmp_path):
     db = tmp_path / "record-kernel.db"        # SQLite on the local overlay, copied to /out at the end
     w = subprocess.Popen([exe, mnt], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
+    out = Lines(w.stdout)
     rec = None
+
+    def hung(what, proc_lines=None):
+        info = f"{what}: workload {where(w.pid)}; seen {out.seen}"
+        if rec is not None:
+            info += f"; record {where(rec.pid)}; its stderr {proc_lines.seen if proc_lines else ''}"
+        progress(info)
+        pytest.fail(info, pytrace=False)
     try:
+        progress("workload started")
+        if out.until("MAPPED", 120) is None:
+            hung("no MAPPED")
         vmas = {}
-        for line in w.stdout:
+        for line in out.seen:
             if line.startswith("VMA "):
                 kv = parse_kv(line)
                 vmas[kv["name"]] = (int(kv["addr"], 16), int(kv["len"]))
-            if line.startswith("MAPPED"):
-                break
-        assert set(vmas) == set(SIZES), f"workload: {vmas} {w.stderr.read() if w.poll() is not None else ''}"
+        assert set(vmas) == set(SIZES), f"workload: {vmas}"
         env = dict(os.environ, PYTHONPATH=str(CHECKOUT))
         rec = subprocess.Popen([sys.executable, "-m", "pmemtrace", "record", "-o", str(db), "-p", str(w.pid),
                                 "--interval", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                cwd=CHECKOUT, env=env)
-        first = rec.stderr.readline()              # printed once the probes are attached
-        assert first.startswith("Recording to"), f"record: {first}{rec.stderr.read()[-3000:]}"
+        err = Lines(rec.stderr)
+        if err.until("Recording to", 240) is None:     # printed once the probes are attached
+            hung("record did not start", err)
+        progress("record attached")
         w.stdin.write("go\n")
         w.stdin.flush()
-        assert w.stdout.readline().startswith("TOUCHED")
+        if out.until("TOUCHED", 120) is None:
+            hung("no TOUCHED", err)
+        progress("touched")
         time.sleep(3)                              # intervals after the touches: their snapshot
         anon_huge = anon_huge_pages(w.pid, vmas["anon"][0])
         w.stdin.close()
         w.wait(timeout=60)
-        _, err = rec.communicate(timeout=120)      # record stops once its -p process has exited
-        assert rec.returncode == 0, f"record rc={rec.returncode}\n{err[-3000:]}"
+        progress("workload exited")
+        try:
+            rec.wait(timeout=60)                   # record stops once its -p process has exited
+        except subprocess.TimeoutExpired:
+            hung("record did not stop after its process exited", err)
+        err.until("\0", 5)
+        assert rec.returncode == 0, f"record rc={rec.returncode}\n{''.join(err.seen)[-3000:]}"
+        progress(f"record done: {err.seen[-1:]}")
     finally:
         if w.poll() is None:
             w.kill()

@@ -101,6 +101,8 @@ class GroupStats:
     unknown_vmas: int = 0                  # huge/small unknown (DAX without PAGEMAP_SCAN)
     unknown_bytes: int = 0                 # their RSS: rss = huge + small + unknown
     thp_reasons: Counter = field(default_factory=Counter)
+    dax: Counter = field(default_factory=Counter)      # VMAs per DAX kind (fsdax, devdax); "none" left out
+    vm_sync_vmas: int = 0                              # VMAs mapped MAP_SYNC (VmFlags sf)
     # fault counts over the observed time (report --duration columns, or a record's frames);
     # None where the source counted none
     faults: Optional[Dict[str, int]] = None
@@ -124,6 +126,9 @@ class GroupStats:
         self.misaligned_vmas += misaligned(v, pmd)
         if v.get("thp_reason"):
             self.thp_reasons[v["thp_reason"]] += 1
+        if v.get("dax") not in (None, "none"):
+            self.dax[v["dax"]] += 1
+        self.vm_sync_vmas += bool(v.get("vm_sync"))
         if any(v.get(k) is not None for k in FAULT_KEYS):
             if self.faults is None:
                 self.faults = dict.fromkeys(FAULT_KEYS, 0)
@@ -160,6 +165,7 @@ class GroupStats:
                 "small_bytes": self.small_bytes, "misaligned_vmas": self.misaligned_vmas,
                 "unknown_vmas": self.unknown_vmas, "unknown_bytes": self.unknown_bytes,
                 "huge_share": self.huge_share, "thp_reasons": dict(sorted(self.thp_reasons.items())),
+                "dax": dict(sorted(self.dax.items())), "vm_sync_vmas": self.vm_sync_vmas,
                 "faults": None if self.faults is None else dict(self.faults),
                 "folio_bytes": self.folio_bytes, "pmd_mapped_bytes": self.pmd_mapped_bytes}
 

@@ -170,6 +170,15 @@ def folio_text(b: dict, n: dict) -> Optional[str]:
     return text
 
 
+def dax_tag(side: dict) -> str:
+    """ "fsdax MAP_SYNC" for a group of DAX / MAP_SYNC VMAs ("MAP_SYNC 1/2" where only some are)."""
+    words = list(side.get("dax") or {})
+    sync, n = side.get("vm_sync_vmas") or 0, side.get("vmas") or 0
+    if sync:
+        words.append("MAP_SYNC" if sync == n else f"MAP_SYNC {sync}/{n}")
+    return " ".join(words)
+
+
 def fault_text(faults: Optional[dict]) -> Optional[str]:
     """The fault counts that differ, "faults 8192 -> 16, DAX PMD 0 -> 8"; "?" for a side that counted none."""
     if faults is None:
@@ -228,7 +237,8 @@ def text_lines(d: dict) -> List[str]:
                      f"{_arrow(b['huge_bytes'], n['huge_bytes'], human_bytes):>13} "
                      f"{_arrow(b['small_bytes'], n['small_bytes'], human_bytes):>13} "
                      f"{_arrow(_share_text(b), _share_text(n)):>15} "
-                     f"{_arrow(b['misaligned_vmas'], n['misaligned_vmas']):>10}  {printable(g['key'])}")
+                     f"{_arrow(b['misaligned_vmas'], n['misaligned_vmas']):>10}  {printable(g['key'])}"
+                     + (f"  [{_arrow(dax_tag(b), dax_tag(n))}]" if dax_tag(b) or dax_tag(n) else ""))
         if b["unknown_vmas"] or n["unknown_vmas"]:
             lines.append(f"    page size unknown (DAX on a kernel without PAGEMAP_SCAN) for "
                          f"{_arrow(b['unknown_vmas'], n['unknown_vmas'])} VMAs, "

@@ -126,7 +126,9 @@ class Writer:
             self.last_digest[pid] = vma_digest(doc)
 
     def size(self) -> int:
-        return os.path.getsize(self.path)
+        """Bytes on disk: FILE and, while recording, FILE-wal."""
+        wal = self.path + "-wal"
+        return os.path.getsize(self.path) + (os.path.getsize(wal) if os.path.exists(wal) else 0)
 
     def close(self) -> None:
         """Fold the WAL into FILE and leave one self-contained file (rollback-journal mode)."""

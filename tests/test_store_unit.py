@@ -269,3 +269,12 @@ def test_snapshot_due_by_layout_in_pid_runs():
                         lay)
     assert snapshot_due(row, dict(row), 100.0, 100.0 + LAYOUT_REFRESH, lay, lay)
     assert not snapshot_due(row, dict(row), 100.0, 100.0 + LAYOUT_REFRESH - 1, lay, lay)
+
+
+def test_progress_size_counts_the_wal(tmp_path):
+    path = tmp_path / "r.db"
+    w = store.Writer(str(path), {}, "6.18", 1000.0)
+    w.write_interval(1001.0, {"time": 1001.0, "processes": []}, {7: doc(4096)}, {"kernel": "6.18"})
+    assert w.size() == path.stat().st_size + (tmp_path / "r.db-wal").stat().st_size
+    w.close()
+    assert w.size() == path.stat().st_size

@@ -54,6 +54,8 @@ def test_exporter_dax_series_exact(setup_facts, workload_dir):
     if not os.path.exists(exe):
         subprocess.run(["gcc", "-O2", "-Wall", "-o", exe, str(CHECKOUT / "tests/workloads/kernel_regress.c")],
                        check=True)
+    # stage2 brings up no network: loopback (and 127.0.0.1 with it) is down until asked
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     w = subprocess.Popen([exe, mnt], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     env = dict(os.environ, PYTHONPATH=str(CHECKOUT))
     exp = subprocess.Popen([sys.executable, "-m", "pmemtrace", "exporter", "--listen", LISTEN], cwd=CHECKOUT,
@@ -68,13 +70,17 @@ def test_exporter_dax_series_exact(setup_facts, workload_dir):
             if line.startswith("MAPPED"):
                 break
         t = TraceInstance(f"pmtexp{os.getpid()}", EVENTS, pid=w.pid)
-        deadline, m0 = time.monotonic() + 240, None      # bcc compiles under TCG first
+        deadline, m0, why = time.monotonic() + 240, None, None      # bcc compiles under TCG first
         while m0 is None:
             assert exp.poll() is None, f"exporter exited rc={exp.returncode}: {exp.stderr.read()[-3000:]}"
-            assert time.monotonic() < deadline, "exporter did not serve /metrics within 240 s"
+            if time.monotonic() > deadline:
+                exp.terminate()
+                pytest.fail(f"exporter did not serve /metrics within 240 s (last: {why}); its stderr: "
+                            f"{exp.communicate(timeout=60)[1][-3000:]}", pytrace=False)
             try:
                 m0 = scrape()
-            except OSError:
+            except OSError as e:
+                why = e
                 time.sleep(1)
         w.stdin.write("go\n")
         w.stdin.flush()

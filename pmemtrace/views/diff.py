@@ -24,8 +24,11 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 # ----------------------------------------------------------------- sources
 
 def describe_source(doc: dict, source: str) -> dict:
+    """folios_readable: whether that kernel could read folio sizes (report's folio_source);
+    None for documents without folio keys."""
     return {"source": source, "pid": doc.get("pid"), "comm": doc.get("comm"), "kernel": doc.get("kernel"),
-            "time": doc.get("time")}
+            "time": doc.get("time"),
+            "folios_readable": (doc["folio_source"] is not None) if "folio_source" in doc else None}
 
 
 def check_report(doc: object, name: str) -> dict:
@@ -203,7 +206,9 @@ def shown(g: dict) -> bool:
     keys = ("vmas", "huge_bytes", "small_bytes", "misaligned_vmas")
     return (any(b[k] != n[k] for k in keys) or set(b["thp_reasons"]) != set(n["thp_reasons"])
             or max(b["rss_bytes"], n["rss_bytes"]) >= MIN_GROUP_RSS or b.get("unknown_bytes") != n.get("unknown_bytes")
-            or fault_text(g.get("faults")) is not None or b.get("folio_bytes") != n.get("folio_bytes"))
+            or fault_text(g.get("faults")) is not None
+            or (b.get("folio_bytes") is not None and n.get("folio_bytes") is not None
+                and b["folio_bytes"] != n["folio_bytes"]))
 
 
 def text_lines(d: dict) -> List[str]:
@@ -258,11 +263,17 @@ def text_lines(d: dict) -> List[str]:
     if quiet:
         lines.append(f"  ... and {len(quiet)} unchanged groups under {human_bytes(MIN_GROUP_RSS)} of RSS "
                      "(all of them in --json)")
+    for side in ("base", "new"):
+        if d[side].get("folios_readable") is False:
+            lines.append(f"  folio sizes: unknown on the {side} side ({printable(str(d[side]['kernel']))} has no "
+                         f"PAGEMAP_SCAN, 6.7+): shown as ?, never as a change")
     changes = [p for p in d["policy"] if p["key"] != "kernel"]
     lines.append("")
     lines.append("policy: unchanged" if not changes else "policy:")
+    def value(v: Optional[str]) -> str:
+        return "(absent)" if v is None else printable(str(v))
     for p in changes:
-        lines.append(f"  {printable(p['key'])}: {printable(str(p['base']))} -> {printable(str(p['new']))}")
+        lines.append(f"  {printable(p['key'])}: {value(p['base'])} -> {value(p['new'])}")
     kb, kn = d["base"]["kernel"], d["new"]["kernel"]
     lines.append(f"kernel: {printable(str(kb))} -> {printable(str(kn))}" if kb != kn
                  else f"kernel: unchanged ({printable(str(kb))})")

@@ -3,12 +3,13 @@
 no more than top), in the same run, both pinned to one CPU, both without probes (NoProbes: each
 pays only for /proc, the model and its own output; the probes are the same for both).
 
-Per round and command: two runs of SHORT and LONG intervals; CPU per interval = (user+sys of the
-long run - of the short run) / (LONG - SHORT), so interpreter start-up and imports cancel out.
-The configurations alternate within a round, the order rotated each round. Prints min / median /
-max over the rounds and the ratio record / top per round.
+Per round and command: one run of INTERVALS intervals; each child notes its process CPU time at
+every interval (Model.step, called once an interval by both) and reports (last - second) /
+(INTERVALS - 2): start-up, imports and the first snapshot are left out, every later snapshot,
+policy read, SQLite commit and JSON line is in. The configurations alternate within a round, the
+order rotated each round. Prints min / median / max over the rounds and the ratio record / top.
 
-    sudo python3 bench/record_bench.py [--rounds 3] [--short 5] [--long 35] [--interval 1] [--cpu 0]
+    sudo python3 bench/record_bench.py [--rounds 3] [--intervals 40] [--interval 1] [--cpu 0]
 """
 import argparse
 import os
@@ -21,30 +22,47 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TOP = """
-import sys
+# Both children time themselves: process CPU at each Model.step (one per interval, in both), so
+# interpreter start-up, the probes' (here: none) attach and the first snapshot are left out.
+TIMED = """
+import sys, time
+from pmemtrace import interval
+stamps = []
+_step = interval.Model.step
+def step(self, counts):
+    stamps.append(time.process_time())
+    return _step(self, counts)
+interval.Model.step = step
+"""
+REPORT = """
+with open(sys.argv[5], "w") as f:
+    f.write(repr((stamps[-1] - stamps[1]) / (len(stamps) - 2)))
+"""
+
+TOP = TIMED + """
 from pmemtrace.interval import NoProbes
 from pmemtrace.views import top
 with open("/dev/null", "w") as out:
     top.run(interval=float(sys.argv[2]), count=int(sys.argv[3]), pid=int(sys.argv[1]), as_json=True,
             probes_factory=lambda features, pid: NoProbes(), out=out)
-"""
+""" + REPORT
 
-RECORD = """
-import sys
+RECORD = TIMED + """
 from pmemtrace.interval import NoProbes
 from pmemtrace.views import record
 with open("/dev/null", "w") as err:
     record.run(sys.argv[4], [int(sys.argv[1])], None, False, interval=float(sys.argv[2]),
                duration=float(sys.argv[2]) * int(sys.argv[3]), probes_factory=lambda features, pid: NoProbes(),
                err=err)
-"""
+""" + REPORT
 
 
-def target():
+def target(sleep_only=False):
     """A process with a stable address space and resident THP memory: diff_arena aligned (64 MiB
     MADV_HUGEPAGE), as in the README's figure; `sleep` if gcc is missing."""
     exe = Path(tempfile.gettempdir()) / "pmemtrace-bench-diff_arena"
+    if sleep_only:
+        return subprocess.Popen(["sleep", "100000"], stdin=subprocess.PIPE)
     try:
         subprocess.run(["gcc", "-O2", "-o", str(exe), str(ROOT / "tests/workloads/diff_arena.c")], check=True)
         p = subprocess.Popen([str(exe), "aligned"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -55,26 +73,28 @@ def target():
 
 
 def cpu_of(code, pid, interval, count, cpu, tmp):
+    """ms of CPU an interval, from the second interval to the last (the child's own clock)."""
     out = os.path.join(tmp, f"r{time.monotonic_ns()}.db")
-    p = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c", code, str(pid), str(interval), str(count),
-                          out], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    _, status, ru = os.wait4(p.pid, 0)
-    if status:
-        raise SystemExit(f"bench child failed: status {status}")
-    if os.path.exists(out):
-        os.unlink(out)
-    return ru.ru_utime + ru.ru_stime
+    res = out + ".ms"
+    subprocess.run(["taskset", "-c", str(cpu), sys.executable, "-c", code, str(pid), str(interval), str(count),
+                    out, res], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True)
+    with open(res) as f:
+        ms = float(f.read()) * 1000
+    for path in (out, res):
+        if os.path.exists(path):
+            os.unlink(path)
+    return ms
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--short", type=int, default=5)
-    ap.add_argument("--long", type=int, default=35)
+    ap.add_argument("--intervals", type=int, default=40)
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--cpu", type=int, default=0)
+    ap.add_argument("--sleep", action="store_true", help="watch an idle `sleep` (no THP workload: a smoke run)")
     a = ap.parse_args()
-    w = target()
+    w = target(a.sleep)
     per = {"top": [], "record": []}
     ratios = []
     try:
@@ -83,9 +103,7 @@ def main():
                 order = [("top", TOP), ("record", RECORD)][:: 1 if r % 2 == 0 else -1]
                 got = {}
                 for name, code in order:
-                    short = cpu_of(code, w.pid, a.interval, a.short, a.cpu, tmp)
-                    long_ = cpu_of(code, w.pid, a.interval, a.long, a.cpu, tmp)
-                    got[name] = (long_ - short) / (a.long - a.short) * 1000
+                    got[name] = cpu_of(code, w.pid, a.interval, a.intervals, a.cpu, tmp)
                     per[name].append(got[name])
                 ratios.append(got["record"] / got["top"])
                 print(f"round {r + 1}: top {got['top']:.2f} ms, record {got['record']:.2f} ms an interval, "

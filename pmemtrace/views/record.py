@@ -109,14 +109,19 @@ def snapshot(pid: int, strict: bool = True) -> Optional[dict]:
 
 def run(output: str, pids: List[int], comm: Optional[str], all_: bool, interval: float = 1.0,
         duration: Optional[float] = None, exact: bool = False, probes_factory=open_probes, err=None,
-        force: bool = False) -> int:
+        force: bool = False, kprobes: Optional[bool] = None) -> int:
+    """The frames are the ones `top --json` prints with the same options: the same features
+    (mmap / madvise / mincore through kprobes where the kernel has them) and the same model."""
     from .. import store
+    from . import top
     err = err or sys.stderr
     store.check_output(output, force)          # before the probes: a refusal costs nothing
     for p in pids:
         procfs.check_pid(p)
     one = pids[0] if len(pids) == 1 else None
-    features = features_for(exact, one)
+    if kprobes is None:
+        kprobes = probes_factory is open_probes and top.syscall_kprobes_here()
+    features = features_for(exact, one, False, kprobes)
     options = {"pids": pids, "comm": comm, "all": all_, "interval": interval, "duration": duration, "exact": exact}
     old_term = signal.getsignal(signal.SIGTERM)
 
@@ -130,11 +135,14 @@ def run(output: str, pids: List[int], comm: Optional[str], all_: bool, interval:
         missing = getattr(probes, "missing", {}) or {}
         try:
             from .. import pagemap
-            huge_small = pagemap.huge_small_bytes if pagemap.scan_supported() else None
+            huge_small = pagemap.dax_huge_small     # as top: DAX from the page tables on every kernel
         except (ImportError, AttributeError, OSError):
             huge_small = None
-        fallbacks_known = "dax" in getattr(probes, "features", ()) and "fs_dax:dax_pmd_fault_done" not in missing
-        model = Model(exact=exact, pid=one, comm=comm, huge_small=huge_small, fallbacks_known=fallbacks_known)
+        feats = list(getattr(probes, "features", ()))
+        fallbacks_known = "dax" in feats and "fs_dax:dax_pmd_fault_done" not in missing
+        model = Model(exact=exact, pid=one, comm=comm, huge_small=huge_small, fallbacks_known=fallbacks_known,
+                      syscalls_known=bool(feats) and top.watched(feats, missing, ("syscalls", "ksyscalls")),
+                      mincore_known=bool(feats) and top.watched(feats, missing, ("mincore", "kmincore")))
         model.procs.tick = lambda: probes.poll(0)
         model.start()
         probes.snapshot()

@@ -4,8 +4,9 @@ no more than top), in the same run, both pinned to one CPU, both without probes 
 pays only for /proc, the model and its own output; the probes are the same for both).
 
 Per round and command: one run of INTERVALS intervals; each child notes its process CPU time at
-every interval (Model.step, called once an interval by both) and reports (last - second) /
-(INTERVALS - 2): start-up, imports and the first snapshot are left out, every later snapshot,
+every interval (Model.step, called once an interval by both) and reports (last - sixth) /
+(INTERVALS - 6) from the sixth: start-up, imports, the first snapshot and the first intervals
+(5-15 ms each in both while caches fill) are left out; every later snapshot,
 policy read, SQLite commit and JSON line is in. The configurations alternate within a round, the
 order rotated each round. Prints min / median / max over the rounds and the ratio record / top.
 
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # interpreter start-up, the probes' (here: none) attach and the first snapshot are left out.
 TIMED = """
 import sys, time
+WARMUP = 5      # the first intervals of either are 5-15 ms (caches filling, lazy imports)
 from pmemtrace import interval
 stamps = []
 _step = interval.Model.step
@@ -36,7 +38,7 @@ interval.Model.step = step
 """
 REPORT = """
 with open(sys.argv[5], "w") as f:
-    f.write(repr((stamps[-1] - stamps[1]) / (len(stamps) - 2)))
+    f.write(repr((stamps[-1] - stamps[WARMUP]) / (len(stamps) - 1 - WARMUP)))
 """
 
 TOP = TIMED + """

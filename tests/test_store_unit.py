@@ -278,3 +278,37 @@ def test_progress_size_counts_the_wal(tmp_path):
     assert w.size() == path.stat().st_size + (tmp_path / "r.db-wal").stat().st_size
     w.close()
     assert w.size() == path.stat().st_size
+
+
+def test_record_waits_with_one_wakeup_an_interval():
+    """record's wait: a blocking poll is called once for a quiet interval (top's loop wakes every
+    100 ms); a burst of streamed events is drained poll after poll; probes whose poll does not
+    block (NoProbes) get one sleep to the deadline, not a busy loop."""
+    from pmemtrace.interval import NoProbes
+    from pmemtrace.views.record import wait_for
+
+    class Blocking:
+        def __init__(self, burst=0):
+            self.events, self.calls, self.burst = [], [], burst
+
+        def poll(self, timeout_ms):
+            self.calls.append(timeout_ms)
+            if self.burst:
+                self.burst -= 1
+                self.events.append({})
+                return
+            time.sleep(timeout_ms / 1000)
+
+    quiet = Blocking()
+    t0 = time.monotonic()
+    wait_for(quiet, t0 + 0.3)
+    assert len(quiet.calls) == 1 and 250 <= quiet.calls[0] <= 300 and time.monotonic() >= t0 + 0.3
+    busy = Blocking(burst=3)
+    wait_for(busy, time.monotonic() + 0.2)
+    assert len(busy.calls) == 4 and len(busy.events) == 3
+    polls = []
+    nop = NoProbes()
+    nop.poll = lambda ms: polls.append(ms)
+    t0 = time.monotonic()
+    wait_for(nop, t0 + 0.3)
+    assert len(polls) == 1 and time.monotonic() >= t0 + 0.3

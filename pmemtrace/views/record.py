@@ -6,6 +6,7 @@ process (-p, --comm, or with --all the largest processes of the frame) report's 
 document is built (views.report.build_json) and stored when it changed; the policy
 (pmemtrace.policy) is stored when it changed. One transaction per interval.
 """
+import math
 import os
 import signal
 import sys
@@ -108,7 +109,7 @@ def wait_for(probes, deadline: float) -> None:
             return
         before = _streamed(probes)
         t0 = time.monotonic()
-        probes.poll(max(1, int(min(left, POLL_CAP) * 1000)))
+        probes.poll(max(1, math.ceil(min(left, POLL_CAP) * 1000)))   # rounded up: no 1 ms tail poll
         drained = _streamed(probes) != before
         if not drained and time.monotonic() - t0 < 0.001:
             time.sleep(max(0.0, min(deadline - time.monotonic(), POLL_CAP)))

@@ -5,8 +5,8 @@
 //   pte_a    4 MiB fs-dax file DIR/kr-pte.dat, written through, MAP_SHARED at 2 MiB + 4 KiB
 //            (misaligned: every fault maps 4 KiB and leaves 4 KiB entries in the file)
 //   pte_b    the same file mapped MAP_SYNC 2 MiB aligned: fully present aligned blocks that are
-//            PTE-mapped (4 KiB entries already present). Without PAGEMAP_SCAN (before 6.7) their
-//            mapping size is not knowable statically.
+//            PTE-mapped (4 KiB entries already present). 6.1 still sizes them statically (pagemap
+//            sets PM_FILE on DAX PMD leaves only); 5.10 cannot. What 6.1 cannot read is folio sizes.
 // Prints "VMA name=<n> addr=0x.. len=.." per mapping and MAPPED, waits for a line on stdin,
 // writes once per 4 KiB in the order above, prints TOUCHED, then holds until stdin EOF.
 //   kernel_regress DIR

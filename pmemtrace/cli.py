@@ -212,7 +212,9 @@ Examples:
 
 
 @cli.command(epilog=EXAMPLES_RECORD)
-@click.option("-o", "--output", required=True, metavar="FILE", help="The record file to write (SQLite).")
+@click.option("-o", "--output", required=True, metavar="FILE",
+              help="The record file to write (SQLite). An existing FILE is refused (exit 18) unless --force.")
+@click.option("--force", is_flag=True, help="Replace an existing FILE.")
 @click.option("-p", "--pid", "pids", type=int, multiple=True, help="Watch this process (repeatable).")
 @click.option("--comm", default=None, help="Watch processes whose comm contains this text.")
 @click.option("--all", "all_", is_flag=True, help="All processes; VMA snapshots of the largest.")
@@ -221,12 +223,13 @@ Examples:
               help="Stop after this long (default: Ctrl-C, or when the watched processes exit).")
 @click.option("--exact", is_flag=True, help="Attribute every THP fault by its address, as top --exact.")
 @handle_errors
-def record(output, pids, comm, all_, interval, duration, exact):
+def record(output, pids, comm, all_, interval, duration, exact, force):
     """Record top's frames and the watched processes' per-VMA snapshots into FILE."""
     if sum((bool(pids), comm is not None, all_)) != 1:
         raise click.UsageError("give exactly one of -p PID..., --comm NAME or --all")
     from .views import record as view
-    sys.exit(view.run(output, list(pids), comm, all_, interval=interval, duration=duration, exact=exact))
+    sys.exit(view.run(output, list(pids), comm, all_, interval=interval, duration=duration, exact=exact,
+                      force=force))
 
 
 @cli.command(epilog=EXAMPLES_REPLAY)

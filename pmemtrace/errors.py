@@ -62,6 +62,11 @@ class BadOutputFile(PmemtraceError):
     exit_code = 14
 
 
+class OutputExists(PmemtraceError):
+    """record -o FILE where FILE exists (a recording is evidence: never replaced without --force)."""
+    exit_code = 18
+
+
 class Interrupted(PmemtraceError):
     """SIGINT / SIGTERM before the command finished: exit 128 + the signal number (130, 143)."""
     exit_code = 130

@@ -88,36 +88,86 @@ def group_keys(vmas: List[dict]) -> List[Tuple[str, str, str]]:
     return out
 
 
+FAULT_KEYS = ("faults", "huge_faults", "dax_pmd_faults", "dax_pte_faults", "dax_fallbacks", "dax_needdsync")
+
+
 @dataclass
 class GroupStats:
     vmas: int = 0
     rss_bytes: int = 0
-    huge_bytes: int = 0
+    huge_bytes: int = 0                    # of the VMAs whose page sizes are known
     small_bytes: int = 0
     misaligned_vmas: int = 0
     unknown_vmas: int = 0                  # huge/small unknown (DAX without PAGEMAP_SCAN)
+    unknown_bytes: int = 0                 # their RSS: rss = huge + small + unknown
     thp_reasons: Counter = field(default_factory=Counter)
+    dax: Counter = field(default_factory=Counter)      # VMAs per DAX kind (fsdax, devdax); "none" left out
+    vm_sync_vmas: int = 0                              # VMAs mapped MAP_SYNC (VmFlags sf)
+    # fault counts over the observed time (report --duration columns, or a record's frames);
+    # None where the source counted none
+    faults: Optional[Dict[str, int]] = None
+    # report's folio keys summed ({folio size: bytes}, PMD-mapped bytes): None when the documents have
+    # none or some VMA's are unknown (no PAGEMAP_SCAN before 6.7; DAX has no struct pages)
+    folio_bytes: Optional[Dict[str, int]] = None
+    pmd_mapped_bytes: Optional[int] = None
+    _folios_unknown: bool = False
 
     def add(self, v: dict, pmd: int = PMD_SIZE) -> None:
         self.vmas += 1
-        self.rss_bytes += v.get("rss_bytes") or 0
+        if "folio_bytes" in v:
+            self._add_folios(v)
+        rss = v.get("rss_bytes") or 0
+        self.rss_bytes += rss
         if v.get("huge_bytes") is None:
             self.unknown_vmas += 1
+            self.unknown_bytes += rss
         self.huge_bytes += v.get("huge_bytes") or 0
         self.small_bytes += v.get("small_bytes") or 0
         self.misaligned_vmas += misaligned(v, pmd)
         if v.get("thp_reason"):
             self.thp_reasons[v["thp_reason"]] += 1
+        if v.get("dax") not in (None, "none"):
+            self.dax[v["dax"]] += 1
+        self.vm_sync_vmas += bool(v.get("vm_sync"))
+        if any(v.get(k) is not None for k in FAULT_KEYS):
+            if self.faults is None:
+                self.faults = dict.fromkeys(FAULT_KEYS, 0)
+            for k in FAULT_KEYS:
+                self.faults[k] += v.get(k) or 0
+
+    def _add_folios(self, v: dict) -> None:
+        if self._folios_unknown:
+            return
+        fb, pmd_mapped = v.get("folio_bytes"), v.get("pmd_mapped_bytes")
+        if fb is None or pmd_mapped is None:
+            self._folios_unknown, self.folio_bytes, self.pmd_mapped_bytes = True, None, None
+            return
+        total = self.folio_bytes or {}
+        for size, n in fb.items():
+            total[str(size)] = total.get(str(size), 0) + n
+        self.folio_bytes = dict(sorted(total.items(), key=lambda kv: int(kv[0])))
+        self.pmd_mapped_bytes = (self.pmd_mapped_bytes or 0) + pmd_mapped
 
     @property
     def huge_share(self) -> Optional[float]:
-        return self.huge_bytes / self.rss_bytes if self.rss_bytes else None
+        """huge / rss; unknown (None) when some of the RSS has an unknown page size."""
+        return self.huge_bytes / self.rss_bytes if self.rss_bytes and not self.unknown_bytes else None
+
+    @property
+    def share_bounds(self) -> Optional[Tuple[float, float]]:
+        """The huge share's possible range: the unknown bytes all small, or all huge."""
+        if not self.rss_bytes:
+            return None
+        return self.huge_bytes / self.rss_bytes, (self.huge_bytes + self.unknown_bytes) / self.rss_bytes
 
     def as_dict(self) -> dict:
         return {"vmas": self.vmas, "rss_bytes": self.rss_bytes, "huge_bytes": self.huge_bytes,
                 "small_bytes": self.small_bytes, "misaligned_vmas": self.misaligned_vmas,
-                "unknown_vmas": self.unknown_vmas, "huge_share": self.huge_share,
-                "thp_reasons": dict(sorted(self.thp_reasons.items()))}
+                "unknown_vmas": self.unknown_vmas, "unknown_bytes": self.unknown_bytes,
+                "huge_share": self.huge_share, "thp_reasons": dict(sorted(self.thp_reasons.items())),
+                "dax": dict(sorted(self.dax.items())), "vm_sync_vmas": self.vm_sync_vmas,
+                "faults": None if self.faults is None else dict(self.faults),
+                "folio_bytes": self.folio_bytes, "pmd_mapped_bytes": self.pmd_mapped_bytes}
 
 
 @dataclass

@@ -204,3 +204,75 @@ def test_unknown_page_sizes_are_said():
     g = next(g for g in d["groups"] if g["key"] == "anon rw-p MADV_HUGEPAGE")
     assert (g["base"]["unknown_vmas"], g["new"]["unknown_vmas"]) == (1, 0)
     assert any("page size unknown" in line and "1 -> 0 VMAs" in line for line in diff.text_lines(d))
+
+
+def test_unknown_page_sizes_never_count_as_a_drop():
+    """6.1's DAX VMA (huge/small null) against the newest kernel's known bytes: the share is
+    unknown ("?", null), not 0, and --fail-on-drop does not fire on it; a drop that is certain
+    whatever the unknown bytes are (their bound) still does."""
+    base, new = load("aligned"), load("aligned")
+    arena_b = next(v for v in base["vmas"] if v["rss_bytes"] == 64 * MiB)
+    arena_n = next(v for v in new["vmas"] if v["rss_bytes"] == 64 * MiB)
+    arena_b["huge_bytes"] = arena_b["small_bytes"] = None
+    arena_n["huge_bytes"], arena_n["small_bytes"] = 0, 64 * MiB          # all of it small now
+    d = diff.compare(base, new, 1.0)
+    g = next(g for g in d["groups"] if g["key"] == "anon rw-p MADV_HUGEPAGE")
+    assert (g["base"]["unknown_bytes"], g["new"]["unknown_bytes"]) == (64 * MiB, 0)
+    assert g["huge_share"] == {"base": None, "new": 0.0, "delta": None}
+    assert d["totals"]["huge_share"]["base"] is None and d["totals"]["huge_share"]["delta"] is None
+    assert d["totals"]["unknown_bytes"] == {"base": 64 * MiB, "new": 0, "delta": -64 * MiB}
+    assert not g["regression"] and not d["regression"]
+    lines = diff.text_lines(d)
+    assert lines[1].startswith("huge ") and "share ? -> " in lines[1]
+    row = next(line for line in lines if line.endswith("anon rw-p MADV_HUGEPAGE"))
+    assert "? -> 0.0%" in row and not row.startswith("!")
+    assert any("1 -> 0 VMAs, 64M -> 0: counted neither huge nor small, and never as a drop" in line
+               for line in lines)
+    # unknown on the new side, known huge on the base: the new share may be anything: no drop either
+    assert not diff.compare(load("aligned"), base, 1.0)["regression"]
+    # a certain drop: base known 100% huge in the group, new half unknown, half small: at most 50%
+    half = copy.deepcopy(load("aligned"))
+    arena = next(v for v in half["vmas"] if v["rss_bytes"] == 64 * MiB)
+    arena["huge_bytes"], arena["small_bytes"] = 0, 32 * MiB
+    twin = dict(arena, start=arena["end"], end=arena["end"] + 32 * MiB, rss_bytes=32 * MiB,
+                huge_bytes=None, small_bytes=None)
+    arena["end"], arena["rss_bytes"] = arena["start"] + 32 * MiB, 32 * MiB
+    half["vmas"].append(twin)
+    d = diff.compare(load("aligned"), half, 40.0)
+    assert d["failing"][-1] == "anon rw-p MADV_HUGEPAGE"              # 100% -> at most 50%: a drop of >= 50
+    assert not diff.compare(load("aligned"), half, 55.0)["regression"]
+
+
+def test_faults_and_folios_per_group_from_report_duration_columns():
+    base, new = load("aligned"), load("aligned")
+    arena_b = next(v for v in base["vmas"] if v["rss_bytes"] == 64 * MiB)
+    arena_n = next(v for v in new["vmas"] if v["rss_bytes"] == 64 * MiB)
+    for v in base["vmas"] + new["vmas"]:
+        v.update(faults=0, huge_faults=0, dax_pmd_faults=0, dax_pte_faults=0, dax_fallbacks=0, dax_needdsync=0,
+                 folio_bytes={}, pmd_mapped_bytes=0)
+    arena_b.update(faults=32, huge_faults=32, folio_bytes=None, pmd_mapped_bytes=None)
+    arena_n.update(faults=16384, huge_faults=0, folio_bytes={"4096": 64 * MiB}, pmd_mapped_bytes=0)
+    d = diff.compare(base, new)
+    g = next(g for g in d["groups"] if g["key"] == "anon rw-p MADV_HUGEPAGE")
+    assert g["faults"]["faults"] == {"base": 32, "new": 16384, "delta": 16352}
+    assert g["faults"]["huge_faults"] == {"base": 32, "new": 0, "delta": -32}
+    assert (g["base"]["folio_bytes"], g["new"]["folio_bytes"]) == (None, {"4096": 64 * MiB})
+    lines = diff.text_lines(d)
+    assert "    faults 32 -> 16384, huge 32 -> 0" in lines
+    assert "    folios ? -> 64M in 4K (? = unknown on that side's kernel, not a change)" in lines
+    # plain report --json documents (no fault columns): null, not zeros
+    assert diff.compare(load("aligned"), load("split"))["groups"][0]["faults"] is None
+
+
+def test_kernel_case_c_on_the_dax_guests_recordings():
+    """Issue 10 (c) on the recordings the DAX tier made in the 6.1 and 7.2 guests (see tests/kernel_diff.py)."""
+    import io
+    import kernel_diff
+    base, new = str(FIXTURES / "record-kernel" / "6.1.db"), str(FIXTURES / "record-kernel" / "7.2.db")
+    out = io.StringIO()
+    assert diff.run(base, new, as_json=True, fail_on_drop=1.0, out=out) == 0
+    text = io.StringIO()
+    assert diff.run(base, new, fail_on_drop=1.0, out=text) == 0
+    kernel_diff.check(json.loads(out.getvalue()), text.getvalue(), "6.1.0-50-amd64", "7.2.13+deb14-amd64")
+    # the other way round: 7.2's folio sizes against 6.1's unknown are no loss either
+    assert diff.run(new, base, fail_on_drop=0.1, out=io.StringIO()) == 0

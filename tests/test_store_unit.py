@@ -198,3 +198,117 @@ def test_record_usage_errors(tmp_path):
     r = CliRunner().invoke(cli, ["plot", str(FIXTURES / "diff" / "report_split.json"), "-o",
                                  str(tmp_path / "no" / "x.svg")])
     assert r.exit_code == 14 and r.output.startswith("pmemtrace: plot: cannot write")
+
+
+def test_record_refuses_an_existing_file_unless_force(tmp_path):
+    """A recording is evidence: `record -o FILE` never silently replaces it (exit 18, one line,
+    before any probe is loaded); --force replaces it with a fresh file."""
+    path = tmp_path / "r.db"
+    w = store.Writer(str(path), {}, "6.18", 1000.0)
+    w.write_interval(1001.0, {"time": 1001.0, "processes": []}, {7: doc(4096)}, {"kernel": "6.18"})
+    w.close()
+    before = path.read_bytes()
+    r = CliRunner().invoke(cli, ["record", "-o", str(path), "-p", str(os.getpid()), "--duration", "1"])
+    assert r.exit_code == 18
+    assert r.output == f"pmemtrace: {path} exists: give another -o FILE, or --force to replace it\n"
+    assert path.read_bytes() == before
+    with pytest.raises(store.OutputExists):
+        store.Writer(str(path), {}, "6.18", 2000.0)
+    # a dangling symlink is refused too (lexists): the write would land wherever it points
+    link = tmp_path / "dangling.db"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(store.OutputExists):
+        store.Writer(str(link), {}, "6.18", 2000.0)
+    w = store.Writer(str(path), {}, "6.18", 2000.0, force=True)
+    w.close()
+    with store.Reader(str(path)) as r2:
+        assert (r2.interval_count(), r2.started) == (0, 2000.0)
+    r = CliRunner().invoke(cli, ["record", "-o", str(tmp_path), "-p", str(os.getpid()), "--force"])
+    assert r.exit_code == 14 and "it is a directory" in r.output
+
+
+def test_record_help_names_force():
+    r = CliRunner().invoke(cli, ["record", "--help"])
+    assert "--force" in r.output and "exit 18" in r.output
+
+
+def test_wal_while_recording_one_file_after(tmp_path):
+    """Commits go to FILE-wal while recording (no fsync an interval); a reader sees every committed
+    interval meanwhile; a clean close leaves FILE alone, in rollback-journal mode."""
+    path = tmp_path / "r.db"
+    w = store.Writer(str(path), {}, "6.18", 1000.0)
+    for i in range(3):
+        w.write_interval(1001.0 + i, {"time": 1001.0 + i, "processes": []}, {7: doc(4096 * (i + 1))},
+                         {"kernel": "6.18"})
+    assert (tmp_path / "r.db-wal").exists()
+    with store.Reader(str(path)) as r:
+        assert r.interval_count() == 3
+    w.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.db"]
+    db = sqlite3.connect(str(path))
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert db.execute("select count(*) from intervals").fetchone()[0] == 3
+
+
+def test_snapshot_due_by_layout_in_pid_runs():
+    """record -p PID: the frame's per-VMA rows decide: faults that changed no VMA's bytes cost no
+    snapshot; a VMA that appeared or changed bytes does; LAYOUT_REFRESH bounds a quiet stretch."""
+    from pmemtrace.views.record import LAYOUT_REFRESH, layout_of, snapshot_due
+    vma = {"start": 4096, "end": 8192, "perms": "rw-p", "path": "", "huge_bytes": 0, "small_bytes": 4096,
+           "vm_hugepage": False, "vm_nohugepage": False, "faults": 5}
+    frame = {"pid": 7, "vmas": [vma], "processes": []}
+    lay = layout_of(frame, 7)
+    assert layout_of(frame, 8) is None and layout_of({"pid": 7, "processes": []}, 7) is None
+    row = {"pid": 7, "faults": 9, "rss_bytes": 4096, "huge_bytes": 0}
+    assert not snapshot_due(row, dict(row), 100.0, 101.0, lay, lay)
+    assert not snapshot_due(row, dict(row), 100.0, 101.0, layout_of({**frame, "vmas": [{**vma, "faults": 0}]}, 7),
+                            lay)
+    assert snapshot_due(row, dict(row), 100.0, 101.0,
+                        layout_of({**frame, "vmas": [{**vma, "small_bytes": 8192}]}, 7), lay)
+    assert snapshot_due(row, dict(row), 100.0, 101.0, layout_of({**frame, "vmas": [vma, {**vma, "start": 0}]}, 7),
+                        lay)
+    assert snapshot_due(row, dict(row), 100.0, 100.0 + LAYOUT_REFRESH, lay, lay)
+    assert not snapshot_due(row, dict(row), 100.0, 100.0 + LAYOUT_REFRESH - 1, lay, lay)
+
+
+def test_progress_size_counts_the_wal(tmp_path):
+    path = tmp_path / "r.db"
+    w = store.Writer(str(path), {}, "6.18", 1000.0)
+    w.write_interval(1001.0, {"time": 1001.0, "processes": []}, {7: doc(4096)}, {"kernel": "6.18"})
+    assert w.size() == path.stat().st_size + (tmp_path / "r.db-wal").stat().st_size
+    w.close()
+    assert w.size() == path.stat().st_size
+
+
+def test_record_waits_with_one_wakeup_an_interval():
+    """record's wait: a blocking poll is called once for a quiet interval (top's loop wakes every
+    100 ms); a burst of streamed events is drained poll after poll; probes whose poll does not
+    block (NoProbes) get one sleep to the deadline, not a busy loop."""
+    from pmemtrace.interval import NoProbes
+    from pmemtrace.views.record import wait_for
+
+    class Blocking:
+        def __init__(self, burst=0):
+            self.events, self.calls, self.burst = [], [], burst
+
+        def poll(self, timeout_ms):
+            self.calls.append(timeout_ms)
+            if self.burst:
+                self.burst -= 1
+                self.events.append({})
+                return
+            time.sleep(timeout_ms / 1000)
+
+    quiet = Blocking()
+    t0 = time.monotonic()
+    wait_for(quiet, t0 + 0.3)
+    assert len(quiet.calls) == 1 and 250 <= quiet.calls[0] <= 301 and time.monotonic() >= t0 + 0.3
+    busy = Blocking(burst=3)
+    wait_for(busy, time.monotonic() + 0.2)
+    assert len(busy.calls) == 4 and len(busy.events) == 3
+    polls = []
+    nop = NoProbes()
+    nop.poll = lambda ms: polls.append(ms)
+    t0 = time.monotonic()
+    wait_for(nop, t0 + 0.3)
+    assert len(polls) == 1 and time.monotonic() >= t0 + 0.3

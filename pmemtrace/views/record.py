@@ -6,6 +6,7 @@ process (-p, --comm, or with --all the largest processes of the frame) report's 
 document is built (views.report.build_json) and stored when it changed; the policy
 (pmemtrace.policy) is stored when it changed. One transaction per interval.
 """
+import math
 import os
 import signal
 import sys
@@ -16,11 +17,12 @@ from .. import kernel, policy as policy_mod, procfs, sampler, vmas as vmas_mod
 from ..errors import KernelThread, NoSuchProcess, NotRoot, ProcessExited
 from ..interval import Model, features_for
 from .text import human_bytes
-from . import report
+from . import folios as folio_view, report
 
 ALL_BUDGET = 16                 # --all: snapshots of at most this many processes an interval ...
 ALL_MIN_RSS = 2 << 20           # ... each holding at least one PMD of RSS
-SNAPSHOT_REFRESH = 10.0         # a quiet process's VMAs are re-read this often
+SNAPSHOT_REFRESH = 30.0         # a quiet process's VMAs are re-read this often (a snapshot: 10-50 ms) ...
+LAYOUT_REFRESH = 120.0          # ... or, where the frame has its per-VMA rows (record -p PID), this often
 POLICY_REFRESH = 10.0           # and the sysfs policy
 
 
@@ -60,16 +62,57 @@ def procfs_comms() -> Dict[int, str]:
     return out
 
 
-def snapshot_due(row: Optional[dict], last_row: Optional[dict], last_time: Optional[float], now: float) -> bool:
-    """Re-read a process's VMAs (2-3 ms) only when its frame row says something moved: faults,
-    RSS or huge bytes, madvise calls; or SNAPSHOT_REFRESH seconds after the last read."""
-    if last_time is None or now - last_time >= SNAPSHOT_REFRESH:
+def snapshot_due(row: Optional[dict], last_row: Optional[dict], last_time: Optional[float], now: float,
+                 layout: Optional[tuple] = None, last_layout: Optional[tuple] = None) -> bool:
+    """Re-read a process's VMAs (10-50 ms: smaps, page tables, folio sizes) only when its frame
+    row says something moved: faults, RSS or huge bytes, madvise calls; with `layout` (the
+    frame's per-VMA rows of a `-p PID` run) only when a VMA shown appeared, went, moved or
+    changed bytes; or after SNAPSHOT_REFRESH (LAYOUT_REFRESH with layouts) seconds."""
+    refresh = SNAPSHOT_REFRESH if layout is None else LAYOUT_REFRESH
+    if last_time is None or now - last_time >= refresh:
         return True
+    if layout is not None:
+        return layout != last_layout         # faults that changed no VMA's bytes change no snapshot
     if row is None:
         return False
     if row.get("faults") or row.get("huge_faults") or row.get("madvise_calls") or row.get("dax_faults"):
         return True
     return last_row is None or any(row.get(k) != last_row.get(k) for k in ("rss_bytes", "huge_bytes"))
+
+
+def layout_of(frame: dict, pid: int) -> Optional[tuple]:
+    """The VMAs a `top -p PID` frame shows (those with bytes, faults or DAX: report's rows), as
+    (start, end, perms, path, huge, small, MADV_HUGEPAGE, MADV_NOHUGEPAGE); None for other frames."""
+    if frame.get("pid") != pid or not isinstance(frame.get("vmas"), list):
+        return None
+    return tuple((r.get("start"), r.get("end"), r.get("perms"), r.get("path"), r.get("huge_bytes"),
+                  r.get("small_bytes"), r.get("vm_hugepage"), r.get("vm_nohugepage")) for r in frame["vmas"])
+
+
+POLL_CAP = 1.0      # seconds one blocking poll may last: a signal is acted on after it returns
+
+
+def _streamed(probes) -> tuple:
+    """(identity, length) of the probes' list of streamed events, to tell whether a poll drained any."""
+    events = getattr(probes, "events", None)
+    return (id(events), len(events)) if isinstance(events, list) else (0, 0)
+
+
+def wait_for(probes, deadline: float) -> None:
+    """Until deadline, draining the probes' streamed events as they arrive. Their poll blocks in
+    epoll until an event or its timeout, so a quiet second costs one wakeup (top's 100 ms sleep
+    steps cost ten, ~50 us of CPU each, about a third of a frame's cost). A poll that returns at
+    once having drained nothing does not block (no streamed table; NoProbes): one sleep instead."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        before = _streamed(probes)
+        t0 = time.monotonic()
+        probes.poll(max(1, math.ceil(min(left, POLL_CAP) * 1000)))   # rounded up: no 1 ms tail poll
+        drained = _streamed(probes) != before
+        if not drained and time.monotonic() - t0 < 0.001:
+            time.sleep(max(0.0, min(deadline - time.monotonic(), POLL_CAP)))
 
 
 def snapshot(pid: int, strict: bool = True) -> Optional[dict]:
@@ -82,17 +125,30 @@ def snapshot(pid: int, strict: bool = True) -> Optional[dict]:
         if strict:
             raise
         return None
-    return report.build_json(proc, False, kernel.thp_policy())
+    doc = report.build_json(proc, False, kernel.thp_policy())
+    del proc
+    try:
+        folio_view.annotate(doc, pid)      # report --json's folio keys: null where the kernel cannot tell
+    except (ProcessExited, NoSuchProcess):
+        return None
+    return doc
 
 
 def run(output: str, pids: List[int], comm: Optional[str], all_: bool, interval: float = 1.0,
-        duration: Optional[float] = None, exact: bool = False, probes_factory=open_probes, err=None) -> int:
+        duration: Optional[float] = None, exact: bool = False, probes_factory=open_probes, err=None,
+        force: bool = False, kprobes: Optional[bool] = None) -> int:
+    """The frames are the ones `top --json` prints with the same options: the same features
+    (mmap / madvise / mincore through kprobes where the kernel has them) and the same model."""
     from .. import store
+    from . import top
     err = err or sys.stderr
+    store.check_output(output, force)          # before the probes: a refusal costs nothing
     for p in pids:
         procfs.check_pid(p)
     one = pids[0] if len(pids) == 1 else None
-    features = features_for(exact, one)
+    if kprobes is None:
+        kprobes = probes_factory is open_probes and top.syscall_kprobes_here()
+    features = features_for(exact, one, False, kprobes)
     options = {"pids": pids, "comm": comm, "all": all_, "interval": interval, "duration": duration, "exact": exact}
     old_term = signal.getsignal(signal.SIGTERM)
 
@@ -106,16 +162,19 @@ def run(output: str, pids: List[int], comm: Optional[str], all_: bool, interval:
         missing = getattr(probes, "missing", {}) or {}
         try:
             from .. import pagemap
-            huge_small = pagemap.huge_small_bytes if pagemap.scan_supported() else None
+            huge_small = pagemap.dax_huge_small     # as top: DAX from the page tables on every kernel
         except (ImportError, AttributeError, OSError):
             huge_small = None
-        fallbacks_known = "dax" in getattr(probes, "features", ()) and "fs_dax:dax_pmd_fault_done" not in missing
-        model = Model(exact=exact, pid=one, comm=comm, huge_small=huge_small, fallbacks_known=fallbacks_known)
+        feats = list(getattr(probes, "features", ()))
+        fallbacks_known = "dax" in feats and "fs_dax:dax_pmd_fault_done" not in missing
+        model = Model(exact=exact, pid=one, comm=comm, huge_small=huge_small, fallbacks_known=fallbacks_known,
+                      syscalls_known=bool(feats) and top.watched(feats, missing, ("syscalls", "ksyscalls")),
+                      mincore_known=bool(feats) and top.watched(feats, missing, ("mincore", "kmincore")))
         model.procs.tick = lambda: probes.poll(0)
         model.start()
         probes.snapshot()
         started = time.time()
-        writer = store.Writer(output, options, kernel.release(), started)
+        writer = store.Writer(output, options, kernel.release(), started, force=force)
         print(f"Recording to {output} every {interval:g}s" + (f" for {duration:g}s" if duration else "")
               + "... Ctrl-C to stop", file=err, flush=True)
         deadline = time.monotonic()
@@ -123,13 +182,12 @@ def run(output: str, pids: List[int], comm: Optional[str], all_: bool, interval:
         done = False
         last_read: Dict[int, float] = {}
         last_rows: Dict[int, Optional[dict]] = {}
+        last_layouts: Dict[int, Optional[tuple]] = {}
         policy: Optional[dict] = None
         policy_read = 0.0
         while not done:
             deadline += interval
-            while time.monotonic() < deadline:
-                time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-                probes.poll(0)
+            wait_for(probes, deadline)
             try:
                 frame: Optional[dict] = model.step(probes.snapshot())
             except ProcessExited as e:
@@ -141,12 +199,14 @@ def run(output: str, pids: List[int], comm: Optional[str], all_: bool, interval:
             rows = {r["pid"]: r for r in frame.get("processes", []) if isinstance(r.get("pid"), int)}
             reports = {}
             for p in watched(pids, comm, all_):
-                if not snapshot_due(rows.get(p), last_rows.get(p), last_read.get(p), now):
+                layout = layout_of(frame, p)
+                if not snapshot_due(rows.get(p), last_rows.get(p), last_read.get(p), now, layout,
+                                    last_layouts.get(p)):
                     continue
                 doc = snapshot(p, strict=bool(pids))
                 if doc is not None:
                     reports[p] = doc
-                    last_read[p], last_rows[p] = now, rows.get(p)
+                    last_read[p], last_rows[p], last_layouts[p] = now, rows.get(p), layout
             if policy is None or now - policy_read >= POLICY_REFRESH:
                 policy, policy_read = policy_mod.read(), now
             writer.write_interval(time.time(), frame, reports, policy)

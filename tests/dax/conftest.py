@@ -96,8 +96,7 @@ def _out_dir(name):
     return out
 
 
-@pytest.fixture
-def guest_run(dax_kernel):
+def run_guest(dax_kernel):
     """The (one per kernel per session) GuestRun: fetch kernel, build initramfs, boot, run guest tests."""
     if dax_kernel not in _runs:
         _require_host_tools()
@@ -112,6 +111,17 @@ def guest_run(dax_kernel):
     if isinstance(r, Exception):
         pytest.fail(f"{dax_kernel}: kernel fetch failed: {r}", pytrace=False)
     return r
+
+
+@pytest.fixture
+def guest_run(dax_kernel):
+    return run_guest(dax_kernel)
+
+
+@pytest.fixture
+def guest_runs():
+    """run_guest(name) for a test that needs several kernels' runs (the same runs, one per session)."""
+    return run_guest
 
 
 def pytest_terminal_summary(terminalreporter):

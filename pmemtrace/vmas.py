@@ -170,6 +170,9 @@ class ProcessVmas:
     source: str                # PAGEMAP_SCAN or smaps
     vmas: List[Vma]
     notes: List[str]
+    # the present, not zero-page PAGEMAP_SCAN regions (start, end, PAGE_IS_PRESENT|HUGE) over every
+    # VMA but [vsyscall], as read for huge/small: the folio pass reads them instead of scanning again
+    regions: Optional[List[Tuple[int, int, int]]] = None
 
 
 def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None) -> ProcessVmas:
@@ -219,8 +222,8 @@ def _describe_process(pid: int, use_pagemap_scan: Optional[bool]) -> ProcessVmas
         backing_of.append(backing)
     # [vsyscall] lies outside the user address space, where PAGEMAP_SCAN refuses to walk
     walk = [i for i, backing in enumerate(backing_of) if use_pagemap_scan and backing != "special"]
-    scanned = dict(zip(walk, pagemap.huge_small_many(pid, [(blocks[i].map.start, blocks[i].map.end)
-                                                             for i in walk]) if walk else []))
+    regions, huge_small = scan_huge_small(pid, blocks, walk) if walk else (None, [])
+    scanned = dict(zip(walk, huge_small))
     # DAX: RSS from the page tables on every kernel (smaps does not count DAX pages before ~6.15)
     dax_idx = [i for i, f in enumerate(facts_of) if f.dax != "none"]
     dax_res = dict(zip(dax_idx, dax_residency(pid, [(blocks[i].map.start, blocks[i].map.end) for i in dax_idx],
@@ -254,7 +257,20 @@ def _describe_process(pid: int, use_pagemap_scan: Optional[bool]) -> ProcessVmas
     notes += dax_notes(list(dax_res.values()), use_pagemap_scan)
     if not os.path.exists(f"/proc/{pid}"):
         raise ProcessExited(f"pid {pid} exited while being read")
-    return ProcessVmas(pid, comm, source, vmas, notes)
+    return ProcessVmas(pid, comm, source, vmas, notes, regions)
+
+
+def scan_huge_small(pid: int, blocks: List[procfs.Smaps], walk: List[int]
+                    ) -> Tuple[Optional[List[Tuple[int, int, int]]], List[Tuple[int, int]]]:
+    """(the PAGEMAP_SCAN regions, (huge, small) bytes of blocks[i] for i in walk). One scan over
+    every VMA but [vsyscall] (outside the user address space), so the folio pass finds the special
+    VMAs it reads too; smaps lists VMAs in address order."""
+    ranges = [(blocks[i].map.start, blocks[i].map.end) for i in walk]
+    span = [b.map for b in blocks if b.map.path != "[vsyscall]"]
+    if not pagemap._sorted_disjoint(ranges) or not span:
+        return None, pagemap.huge_small_many(pid, ranges)
+    regions = pagemap.present_regions(pid, span[0].start, span[-1].end)
+    return regions, pagemap.split_huge_small(regions, ranges)
 
 
 def dax_residency(pid: int, ranges: List[Tuple[int, int]], use_pagemap_scan: bool,

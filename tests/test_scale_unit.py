@@ -1,5 +1,6 @@
 """The many-VMA paths on captured /proc fixtures: the layout parser of smaps equals the line
 parser, however the text is cut; the JSON writers equal json.dumps; region splitting."""
+import array
 import dataclasses
 import io
 import json
@@ -167,22 +168,76 @@ class Words:
 
 
 def test_order0_fast_path_equals_classify_ptes():
-    """The folio facts of a VMA of order-0 pages only, as read_process's short cut gives them,
-    are classify_ptes' (+ classify_vma's) answer; a large folio, a hidden PFN, a page without
-    struct page or a PMD leaf declines it."""
-    S, H = pagemap.PAGE_IS_PRESENT, pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE
-    kf = folios.KpageFlags.from_dict({100: 0, 101: 1 << 5, 300: 0})     # no COMPOUND, no NOPAGE bits
+    """The folio facts of a VMA of order-0 pages only, as read_process's short cut gives them
+    ({4K: its present bytes}), are classify_ptes' (+ classify_vma's) answer; a large folio, a hidden
+    PFN, a page without struct page or one gone since the scan is an odd page, which sends its
+    VMA (and only it) the long way."""
+    S = pagemap.PAGE_IS_PRESENT
+    kf = folios.KpageFlags.from_dict({100: 0, 101: 1 << 5, 102: 0, 300: 0})     # no COMPOUND, no NOPAGE bits
     present = pagemap.PM_PRESENT
-    pieces = [(0x1000, [present | 100, 0, present | 101]), (0x9000, [present | 300])]
+    pieces = [(0x1000, [present | 100, present | 102, present | 101]), (0x9000, [present | 300])]
     regions = [(0x1000, 0x4000, S), (0x9000, 0xa000, S)]
     slow = folios.classify_vma(regions, pmd_size(), folios.classify_ptes(pieces, kf))
-    n = folio_reader._order0_only(regions, Words(pieces), kf)
-    assert n == 3
-    assert slow == folios.FolioStats({4096: n * 4096}, 0, 0, 0, 0, 0, {})
-    assert folio_reader._order0_only([], Words([]), kf) == 0
+    assert slow == folios.FolioStats({4096: 4 * 4096}, 0, 0, 0, 0, 0, {})
+    odd = folio_reader.odd_pages(regions, Words(pieces), kf)
+    assert (odd.starts, odd.ends) == ([], []) and not odd.touches(0x1000, 0xa000)
     one = [(0x1000, 0x2000, S)]
-    assert folio_reader._order0_only(one, Words([(0x1000, [present | 0])]), kf) is None     # PFNs hidden
     big = folios.KpageFlags.from_dict({7: pagemap.KPF_COMPOUND_HEAD})
-    assert folio_reader._order0_only(one, Words([(0x1000, [present | 7])]), big) is None    # a large folio
-    assert folio_reader._order0_only(one, Words([(0x1000, [present | 8])]), big) is None    # KPF_NOPAGE
-    assert folio_reader._order0_only([(0x1000, 0x2000, H)], Words([(0x1000, [present | 100])]), kf) is None
+    for flags, word in ((kf, present | 0),          # PFNs hidden
+                        (big, present | 7),         # a large folio
+                        (big, present | 8),         # KPF_NOPAGE
+                        (kf, 0)):                   # gone since PAGEMAP_SCAN
+        odd = folio_reader.odd_pages(one, Words([(0x1000, [word])]), flags)
+        assert odd.touches(0x1000, 0x2000) and odd.touches(0, 0x1001)
+        assert not odd.touches(0x2000, 0x3000) and not odd.touches(0, 0x1000)
+    short = folio_reader.odd_pages([(0x1000, 0x4000, S)], Words([(0x1000, [present | 100])]), kf)
+    assert (short.starts, short.ends) == ([0x2000], [0x4000])       # words cut short: the rest is odd
+
+
+def test_read_process_with_the_callers_regions_equals_its_own_scan(monkeypatch):
+    """report hands describe_process's PAGEMAP_SCAN regions to the folio pass: the answer is the one
+    read_process gives when it scans itself (fake page map, one VMA of each kind)."""
+    S, H = pagemap.PAGE_IS_PRESENT, pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE
+    present = pagemap.PM_PRESENT
+    M = pmd_size()
+    regions = [(0x1000, 0x3000, S), (0x3000, 0x4000, S), (M, 2 * M, H), (2 * M, 2 * M + 0x2000, S)]
+    pfn = {0x1000: 100, 0x2000: 101, 0x3000: 7, M: 512, 2 * M: 300, 2 * M + 0x1000: 0}
+    flags = {100: 0, 101: 0, 7: pagemap.KPF_COMPOUND_HEAD, 8: pagemap.KPF_COMPOUND_TAIL, 300: 0,
+             **{512 + i: (pagemap.KPF_COMPOUND_HEAD if i == 0 else pagemap.KPF_COMPOUND_TAIL) for i in range(512)}}
+    scans = []
+
+    class FakePM:
+        def __init__(self, pid):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def regions(self, start, end, **masks):
+            scans.append((start, end))
+            return [r for r in regions if r[0] < end and r[1] > start]
+
+        def words(self, s, e):
+            return array.array("Q", [present | pfn[a] if a in pfn else 0 for a in range(s, e, 4096)])
+
+        def check_alive(self):
+            pass
+    monkeypatch.setattr(pagemap, "PageMap", FakePM)
+    monkeypatch.setattr(pagemap, "supported_categories", lambda: 0x1FF)
+    specs = [folio_reader.VmaSpec(0x1000, 0x3000), folio_reader.VmaSpec(0x3000, 0x5000),
+             folio_reader.VmaSpec(M, 2 * M), folio_reader.VmaSpec(2 * M, 2 * M + 0x2000),
+             folio_reader.VmaSpec(3 * M, 3 * M + 0x1000, skip=True)]
+    own = folio_reader.read_process(1, specs, folios.KpageFlags.from_dict(flags))
+    assert len(scans) == 1
+    given = folio_reader.read_process(1, specs, folios.KpageFlags.from_dict(flags), regions)
+    assert len(scans) == 1                    # not scanned again
+    assert given.vmas == own.vmas
+    got = [st for _s, st in given.vmas]
+    assert got[0] == folios.FolioStats({4096: 0x2000}, 0, 0, 0, 0, 0, {})        # the short cut
+    assert got[1].partial_folio_bytes == 4096                                   # one page of a 2-page folio
+    assert got[2].pmd_mapped_bytes == M and got[2].folio_bytes == {M: M}
+    assert got[3].folio_bytes is None                                           # a hidden PFN
+    assert got[4] is None

@@ -287,8 +287,9 @@ def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optio
     unattributed = counts.thp_unattributed.get(pid, 0) if duration is not None else 0
     mincore = counts.mincore.get(pid) if duration is not None else None
     data = build_json(proc, show_all, policy, faults, duration, missing, lost or 0, unattributed, mincore)
+    regions = proc.regions              # its PAGEMAP_SCAN: the folio pass needs no second one
     del proc                            # its Vma objects: tens of MB at 60,000 VMAs, no longer needed
-    folio_view.annotate(data, pid)      # folio sizes per VMA (pmemtrace/folios.py)
+    folio_view.annotate(data, pid, regions)     # folio sizes per VMA (pmemtrace/folios.py)
     if duration is not None:
         collapse.annotate(data, pid, collapse_entries)
     if as_json:

@@ -241,3 +241,31 @@ def test_read_process_with_the_callers_regions_equals_its_own_scan(monkeypatch):
     assert got[2].pmd_mapped_bytes == M and got[2].folio_bytes == {M: M}
     assert got[3].folio_bytes is None                                           # a hidden PFN
     assert got[4] is None
+
+
+def test_pages_write_json_equals_json_dumps_of_to_json():
+    """pages --json's text encoders give json.dumps(to_json(...)) byte for byte: runs of every
+    state, a walked and an unwalked (VM_PFNMAP) VMA, hostile paths, hugetlb page sizes."""
+    from pmemtrace.views import pages
+    states = [(True, True, 2 << 20, "anon", True, None, False, False, False, None),
+              (True, False, 4096, "file", False, True, True, False, True, False),
+              (False, None, None, "shmem", None, False, None, True, None, True),
+              (True, True, 1 << 30, "hugetlb", True, None, False, False, False, None)]
+    sections = []
+    for i, path in enumerate(['', 'a "b"\n\x1b[2J\udcff', '[vvar]', '/dev/hugepages/x', '']):
+        lo = 0x7f0000000000 + i * (8 << 20)
+        runs = [pagemap.PageRun(lo + j * (2 << 20), lo + (j + 1) * (2 << 20), *states[(i + j) % len(states)])
+                for j in range(i % 3 + 1)]
+        flags = frozenset({"rd", "pf"} if path == "[vvar]" else {"rd", "wr"})
+        block = procfs.Smaps(procfs.MapEntry(lo, lo + (8 << 20), "rw-p" if i % 2 else "r--s", 0, (0, 0), i, path),
+                             {}, flags)
+        facts = pagemap.VmaFacts("hugetlb", 1 << 30) if "hugepages" in path else pagemap.VmaFacts("anon")
+        sections.append(pages.Section(block, lo, lo + (2 << 20) * len(runs), facts, runs))
+    for batch in (1, 2, 1000):
+        out = io.StringIO()
+        pages.JSON_BATCH, saved = batch, pages.JSON_BATCH
+        try:
+            pages.write_json(out, 7, pagemap.SOURCE_SCAN, sections, ["n\u00e9"])
+        finally:
+            pages.JSON_BATCH = saved
+        assert out.getvalue() == json.dumps(pages.to_json(7, pagemap.SOURCE_SCAN, sections, ["n\u00e9"])) + "\n"

@@ -91,7 +91,7 @@ def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags],
                 out.vmas.append((spec, None))
                 continue
             hs = next(huge_small) if huge_small is not None else None
-            if hs is not None and not hs[0] and (no_odd or not odd.touches(spec.start, spec.end)):
+            if hs is not None and not hs[0] and (no_odd or (odd is not None and not odd.touches(spec.start, spec.end))):
                 small = hs[1] // PAGE_SIZE
                 out.pages_read += small
                 st = order0.get(small)      # shared by the VMAs with as many pages: read only

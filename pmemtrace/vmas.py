@@ -195,7 +195,7 @@ def _describe_process(pid: int, use_pagemap_scan: Optional[bool]) -> ProcessVmas
         use_pagemap_scan = pagemap.scan_supported()
     source = SOURCE_PAGEMAP_SCAN if use_pagemap_scan else SOURCE_SMAPS
     notes = []
-    vmas = []
+    vmas: List[Vma] = []
     blocks = procfs.read_smaps(pid, DESCRIBE_KEYS, read_ahead=True)
     files: Dict[Tuple[Tuple[int, int], int], FileFacts] = {}
     none = FileFacts()

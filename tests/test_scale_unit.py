@@ -269,3 +269,43 @@ def test_pages_write_json_equals_json_dumps_of_to_json():
         finally:
             pages.JSON_BATCH = saved
         assert out.getvalue() == json.dumps(pages.to_json(7, pagemap.SOURCE_SCAN, sections, ["n\u00e9"])) + "\n"
+
+
+def test_top_p_rereads_a_busy_process_within_its_cpu_budget(monkeypatch):
+    """VmaSampler on a process whose faults move every interval: a read that cost 0.4 s of CPU
+    (60,000 VMAs) is repeated only after 0.4 / CPU_SHARE s; the intervals between give zero deltas
+    and the next read's deltas hold every gain since the last read."""
+    from pmemtrace import vma_sampler
+    blocks = [procfs.parse_smaps(raw(f"top/smaps_{tag}.txt").decode()) for tag in ("before", "after", "after")]
+    clock = {"now": 100.0, "cpu": 0.0}
+
+    class FakeTime:
+        @staticmethod
+        def monotonic():
+            return clock["now"]
+
+        @staticmethod
+        def process_time():
+            return clock["cpu"]
+    monkeypatch.setattr(vma_sampler, "time", FakeTime)
+    reads = []
+
+    def read(pid):
+        clock["cpu"] += 0.4
+        reads.append(clock["now"])
+        return blocks[len(reads) - 1]
+    s = vma_sampler.VmaSampler(5, read_smaps=read)
+    s.detect_quiet = True
+    faults = iter(range(1000))
+    monkeypatch.setattr(s, "_quiet", lambda: (1, next(faults)))         # faults moved: never quiet
+    got = []
+    for _ in range(5):
+        got.append(s.sample())
+        clock["now"] += 1.0
+    assert reads == [100.0, 102.0, 104.0]
+    assert vma_sampler.CPU_SHARE * 2.0 >= 0.4
+    assert all(d.faults == 0 for d in got[0] + got[1] + got[3] + got[4])
+    want = vma_sampler.vma_deltas(vma_sampler.vma_states(blocks[0]), vma_sampler.vma_states(blocks[1]),
+                                  s.pmd, s.hugetlb_page)
+    assert [(d.start, d.faults, d.huge_faults) for d in got[2]] == [(d.start, d.faults, d.huge_faults) for d in want]
+    assert sum(d.faults for d in got[2]) > 0

@@ -302,10 +302,42 @@ def test_top_p_rereads_a_busy_process_within_its_cpu_budget(monkeypatch):
     for _ in range(5):
         got.append(s.sample())
         clock["now"] += 1.0
-    assert reads == [100.0, 102.0, 104.0]
-    assert vma_sampler.CPU_SHARE * 2.0 >= 0.4
-    assert all(d.faults == 0 for d in got[0] + got[1] + got[3] + got[4])
+    assert reads == [100.0, 104.0]
+    assert vma_sampler.CPU_SHARE * 4.0 >= 0.4
+    assert all(d.faults == 0 for d in got[0] + got[1] + got[2] + got[3])
     want = vma_sampler.vma_deltas(vma_sampler.vma_states(blocks[0]), vma_sampler.vma_states(blocks[1]),
                                   s.pmd, s.hugetlb_page)
-    assert [(d.start, d.faults, d.huge_faults) for d in got[2]] == [(d.start, d.faults, d.huge_faults) for d in want]
-    assert sum(d.faults for d in got[2]) > 0
+    assert [(d.start, d.faults, d.huge_faults) for d in got[4]] == [(d.start, d.faults, d.huge_faults) for d in want]
+    assert sum(d.faults for d in got[4]) > 0
+
+
+@pytest.mark.parametrize("cost, want", [(0.001, [0.0, 5.0, 10.0, 15.0, 20.0]), (0.4, [0.0, 20.0])])
+def test_top_p_rereads_a_quiet_costly_process_rarely(monkeypatch, cost, want):
+    """A quiet process is read again after FULL_EVERY s, or after read CPU / QUIET_SHARE s when its
+    smaps is costly (60,000 VMAs: 0.4 s of CPU, every 20 s): then its unchanged VMAs cost ~nothing."""
+    from pmemtrace import vma_sampler
+    blocks = procfs.parse_smaps(raw("top/smaps_before.txt").decode())
+    clock = {"now": 0.0, "cpu": 0.0}
+
+    class FakeTime:
+        @staticmethod
+        def monotonic():
+            return clock["now"]
+
+        @staticmethod
+        def process_time():
+            return clock["cpu"]
+    monkeypatch.setattr(vma_sampler, "time", FakeTime)
+    reads = []
+
+    def read(pid):
+        clock["cpu"] += cost
+        reads.append(clock["now"])
+        return blocks
+    s = vma_sampler.VmaSampler(5, read_smaps=read)
+    s.detect_quiet = True
+    monkeypatch.setattr(s, "_quiet", lambda: (1, 7))        # nothing moved
+    for _ in range(24):
+        s.sample()
+        clock["now"] += 1.0
+    assert reads == want

@@ -1,10 +1,14 @@
 /* A process with N VMAs: one anonymous mapping of N pages split by mprotect into N VMAs
  * (alternate pages PROT_READ / PROT_READ|PROT_WRITE), every page touched so each VMA is
  * resident. Prints "ready" on stdout, then waits for stdin to close.
- *     many_vmas N
+ *     many_vmas N [busy]
+ * With "busy" it keeps faulting while it waits: every 50 ms one page is dropped (MADV_DONTNEED)
+ * and touched again, so its fault count moves in every interval of `top -p` (no quiet interval).
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <poll.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -20,8 +24,18 @@ int main(int argc, char **argv)
 		if (mprotect(p + i * pg, pg, PROT_READ)) { perror("mprotect"); return 1; }
 	printf("ready %ld\n", n);
 	fflush(stdout);
+	int busy = argc > 2 && !strcmp(argv[2], "busy");
 	char buf[64];
-	while (read(0, buf, sizeof buf) > 0)
-		;
+	struct pollfd in = { .fd = 0, .events = POLLIN };
+	for (long k = 1;; k += 2) {
+		if (poll(&in, 1, busy ? 50 : -1) > 0) {
+			if (read(0, buf, sizeof buf) <= 0)
+				break;
+			continue;
+		}
+		char *page = p + (k % n) * pg;       /* an odd page: a PROT_READ|PROT_WRITE VMA */
+		madvise(page, pg, MADV_DONTNEED);
+		page[0] = 1;
+	}
 	return 0;
 }

@@ -6,9 +6,12 @@ anonymous mapping split by mprotect, every page resident).
 
 Every command runs pinned to one CPU (taskset), RUNS times; the script prints min / median /
 max of wall time and peak RSS (the command and its children, from wait4). The baseline in the
-same run is `cat /proc/PID/smaps` (what the kernel alone takes to produce the text). A `top -p`
-interval is measured as (CPU of `top 1 11 -p PID`) - (CPU of `top 1 1 -p PID`), divided by 10:
-the per-interval cost without the probes' compile and attach. Root is needed (pagemap, BPF).
+same run is `cat /proc/PID/smaps` (what the kernel alone takes to produce the text). `report
+--json` is also run on two CPUs (--cpus2, default 0,1): its helper process then reads smaps (the
+kernel's share of the work) while the command parses, as it does for a user who does not pin it.
+A `top -p` interval is measured as (CPU of `top 1 11 -p PID`) - (CPU of `top 1 1 -p PID`),
+divided by 10: the per-interval cost without the probes' compile and attach (real probes, so
+root); "wall" is the wall time of `top 1 11` less that of `top 1 1`, over 10: the interval kept.
 """
 import argparse
 import os
@@ -29,7 +32,8 @@ def build():
 
 
 def measure(cmd, cpu):
-    """(wall seconds, peak RSS MB, CPU seconds) of one run of cmd pinned to cpu, output discarded."""
+    """(wall seconds, peak RSS MB, CPU seconds) of one run of cmd pinned to cpu (one CPU or a
+    taskset list), output discarded."""
     t = time.perf_counter()
     p = subprocess.Popen(["taskset", "-c", str(cpu), *cmd], cwd=ROOT, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE)
@@ -51,7 +55,10 @@ def main():
     ap.add_argument("--counts", default="1000,10000,60000")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--cpu", type=int, default=1)
+    ap.add_argument("--cpus2", default="0,1", help="CPUs of the unpinned report --json row")
     ap.add_argument("--no-top", action="store_true", help="skip the top -p interval (it loads BPF)")
+    ap.add_argument("--busy", action="store_true",
+                    help="also a top -p interval on a process that faults all the time (no quiet interval)")
     a = ap.parse_args()
     binary = build()
     pm = [PYTHON, "-m", "pmemtrace"]
@@ -68,21 +75,37 @@ def main():
             for what, args in (("report --json", ["report", "--json", pid]),
                                ("pages --json", ["pages", "--json", pid])):
                 rows.append((what, [measure(pm + args, a.cpu) for _ in range(a.runs)]))
+            rows.append((f"report, CPUs {a.cpus2}", [measure(pm + ["report", "--json", pid], a.cpus2)
+                                                     for _ in range(a.runs)]))
             for what, runs in rows:
                 walls = [r[0] for r in runs]
                 print(f"{n:>7} {what:<16} {spread(walls, '%.3f'):>20} {spread([r[1] for r in runs], '%.0f'):>16} "
                       f"{statistics.median(walls) / base_med:>12.1f}")
             if not a.no_top:
-                per = []
-                for _ in range(a.runs):
-                    long = measure(pm + ["top", "1", "11", "-p", pid], a.cpu)
-                    short = measure(pm + ["top", "1", "1", "-p", pid], a.cpu)
-                    per.append(max(0.0, long[2] - short[2]) / 10)
-                print(f"{n:>7} {'top -p interval':<16} {'CPU ' + spread(per, '%.3f') + ' s':>20} "
-                      f"{'(' + spread([100 * p for p in per], '%.0f') + '% of a core at 1 s)':>30}")
+                top_interval(pm, pid, n, "top -p interval", a)
         finally:
             w.stdin.close()
             w.wait()
+        if a.busy and not a.no_top:
+            w = subprocess.Popen([binary, str(n), "busy"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert w.stdout.readline().startswith("ready")
+            try:
+                top_interval(pm, str(w.pid), n, "top -p, busy", a)
+            finally:
+                w.stdin.close()
+                w.wait()
+
+
+def top_interval(pm, pid, n, label, a):
+    per, walls = [], []
+    for _ in range(a.runs):
+        long = measure(pm + ["top", "1", "11", "-p", pid], a.cpu)
+        short = measure(pm + ["top", "1", "1", "-p", pid], a.cpu)
+        per.append(max(0.0, long[2] - short[2]) / 10)
+        walls.append((long[0] - short[0]) / 10)
+    print(f"{n:>7} {label:<16} {'CPU ' + spread(per, '%.3f') + ' s':>20} "
+          f"{'(' + spread([100 * p for p in per], '%.0f') + '% of a core at 1 s)':>30} "
+          f"wall {spread(walls, '%.3f')} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,19 +5,19 @@ system. The classification itself (pure) is pmemtrace.folios.
 import bisect
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import pagemap, procfs
 from .kernel import PAGE_SIZE, pmd_size
 from .errors import KernelThread, NoSuchProcess, NotRoot, ProcessExited
 
-from .folios import FolioStats, KpageFlags, _ODD, classify_ptes, classify_vma, unknown
+from .folios import KPF_BLOCK, KPF_BLOCK_SHIFT, FolioStats, KpageFlags, _ODD, classify_ptes, classify_vma, unknown
 
 
 # ---------------------------------------------------------------- reading a process
 
-@dataclass(frozen=True, slots=True)
-class VmaSpec:
+class VmaSpec(NamedTuple):
+    """A VMA to read (a tuple: report builds one per VMA, tens of thousands)."""
     start: int
     end: int
     leaf_size: int = 0          # 0: the PMD size; hugetlb: its page size
@@ -47,20 +47,25 @@ def unavailable_reason(kflags: Optional[KpageFlags]) -> Optional[str]:
     return None
 
 
-def read_process(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags] = None) -> ProcessFolios:
+def read_process(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags] = None,
+                 regions: Optional[Sequence[Tuple[int, int, int]]] = None) -> ProcessFolios:
     """Folio facts of every VMA in ``specs``; the caller may share one KpageFlags across processes
-    (pass it; it is not closed here). Raises NoSuchProcess / ProcessExited / NotRoot."""
+    (pass it; it is not closed here). ``regions``: the present, not zero-page PAGEMAP_SCAN regions
+    (return mask PRESENT|HUGE, sorted) over all of ``specs`` when the caller already scanned them
+    (vmas.describe_process keeps its scan): not scanned again then.
+    Raises NoSuchProcess / ProcessExited / NotRoot."""
     own = kflags is None
     if own:
         kflags = KpageFlags.open()
     try:
-        return _read(pid, specs, kflags)
+        return _read(pid, specs, kflags, regions)
     finally:
         if own and kflags is not None:
             kflags.close()
 
 
-def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags]) -> ProcessFolios:
+def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags],
+          regions: Optional[Sequence[Tuple[int, int, int]]]) -> ProcessFolios:
     why = unavailable_reason(kflags)
     out = ProcessFolios(pid, [], [why] if why else [])
     if not pagemap.scan_supported():
@@ -68,32 +73,40 @@ def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags]) -> P
         return out
     if kflags is not None:
         kflags.blocks.clear()        # flags change as memory is reused: never carry them across reads
-    mask = (pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE) & pagemap.supported_categories()
     order0: Dict[int, FolioStats] = {}
     with pagemap.PageMap(pid) as pm:
-        regions_of = regions_per_vma(pm, specs, mask)
-        words = PagemapWords(pm, sorted((s, e) for rs in regions_of for s, e, cat in rs
-                                        if not cat & pagemap.PAGE_IS_HUGE))
-        for spec, regions in zip(specs, regions_of):
+        walk = [(s.start, s.end) for s in specs if not s.skip]
+        if regions is None:
+            regions = scan_present(pm, walk)
+        words = PagemapWords(pm, [(s, e) for s, e, cat in regions if not cat & pagemap.PAGE_IS_HUGE])
+        # the common case, settled for all VMAs at once: no PMD leaf, every present page an order-0 folio
+        odd = odd_pages(regions, words, kflags) if kflags is not None else None
+        # (huge, small) bytes of each VMA of walk, in its order; None: read each VMA the long way
+        huge_small = iter(pagemap.split_huge_small(regions, walk)) \
+            if odd is not None and pagemap._sorted_disjoint(walk) else None
+        no_odd = odd is not None and not odd.starts
+        clip = RegionClipper(regions)
+        for spec in specs:
             if spec.skip:
                 out.vmas.append((spec, None))
                 continue
-            if kflags is not None:
-                small = _order0_only(regions, words, kflags)
-                if small is not None:       # the common case: no large folio, no PMD leaf
-                    out.pages_read += small
-                    st = order0.get(small)      # shared by the VMAs with as many pages: read only
-                    if st is None:
-                        st = order0[small] = FolioStats({PAGE_SIZE: small * PAGE_SIZE} if small else {},
-                                                        0, 0, 0, 0, 0, {})
-                    out.vmas.append((spec, st))
-                    continue
+            hs = next(huge_small) if huge_small is not None else None
+            if hs is not None and not hs[0] and (no_odd or (odd is not None and not odd.touches(spec.start, spec.end))):
+                small = hs[1] // PAGE_SIZE
+                out.pages_read += small
+                st = order0.get(small)      # shared by the VMAs with as many pages: read only
+                if st is None:
+                    st = order0[small] = FolioStats({PAGE_SIZE: small * PAGE_SIZE} if small else {},
+                                                    0, 0, 0, 0, 0, {})
+                out.vmas.append((spec, st))
+                continue
+            mine = clip(spec.start, spec.end)
             ptes: Optional[FolioStats] = None
-            if kflags is not None and _leaves_have_pages(pm, regions, kflags):
-                pieces = [(s, words.get(s, e)) for s, e, cat in regions if not cat & pagemap.PAGE_IS_HUGE]
+            if kflags is not None and _leaves_have_pages(pm, mine, kflags):
+                pieces = [(s, words.get(s, e)) for s, e, cat in mine if not cat & pagemap.PAGE_IS_HUGE]
                 out.pages_read += sum(len(w) for _, w in pieces)
                 ptes = classify_ptes(pieces, kflags)
-            out.vmas.append((spec, classify_vma(regions, spec.leaf_size or pmd_size(), ptes)))
+            out.vmas.append((spec, classify_vma(mine, spec.leaf_size or pmd_size(), ptes)))
         pm.check_alive()
     if kflags is not None:
         out.kpageflags_reads = kflags.reads
@@ -103,23 +116,82 @@ def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags]) -> P
     return out
 
 
-def _order0_only(regions: Iterable[Tuple[int, int, int]], words: "PagemapWords", flags: KpageFlags) -> Optional[int]:
-    """Present pages of a VMA's present regions if none is a PMD/PUD leaf and every page is an
-    order-0 folio with a struct page (classify_ptes' answer is then just {4K: pages}); None if
-    not: ask classify_ptes."""
-    get, pfn_mask, present, huge = flags.get, pagemap.PM_PFN_MASK, pagemap.PM_PRESENT, pagemap.PAGE_IS_HUGE
-    n = 0
+def scan_present(pm: pagemap.PageMap, walk: Sequence[Tuple[int, int]]) -> List[Tuple[int, int, int]]:
+    """Present (not zero-page) PAGEMAP_SCAN regions, PRESENT|HUGE, over all of ``walk``: one scan
+    from the lowest start to the highest end (the walk skips the gaps between VMAs), not one per
+    VMA -- processes have tens of thousands."""
+    if not walk:
+        return []
+    mask = (pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE) & pagemap.supported_categories()
+    return pm.regions(min(s for s, _e in walk), max(e for _s, e in walk), return_mask=mask, **PRESENT_NOT_ZERO)
+
+
+class OddPages:
+    """Sorted, disjoint address ranges of PTE-mapped pages that are not a present order-0 folio
+    with a struct page (a large folio, no struct page, a hidden PFN, gone since the scan)."""
+    __slots__ = ("starts", "ends")
+
+    def __init__(self) -> None:
+        self.starts: List[int] = []
+        self.ends: List[int] = []
+
+    def add(self, start: int, end: int) -> None:
+        if self.ends and self.ends[-1] == start:
+            self.ends[-1] = end
+        else:
+            self.starts.append(start)
+            self.ends.append(end)
+
+    def touches(self, start: int, end: int) -> bool:
+        if not self.starts:
+            return False
+        i = bisect.bisect_right(self.ends, start)
+        return i < len(self.starts) and self.starts[i] < end
+
+
+def odd_pages(regions: Iterable[Tuple[int, int, int]], words: "PagemapWords", flags: KpageFlags) -> OddPages:
+    """The pages of the PTE-mapped present ``regions`` that classify_ptes must look at: a VMA
+    with none of them and no PMD/PUD leaf holds order-0 folios only ({4K: its present bytes})."""
+    pfn_mask, present, huge = pagemap.PM_PFN_MASK, pagemap.PM_PRESENT, pagemap.PAGE_IS_HUGE
+    cached, read, last = flags.blocks, flags.block, KPF_BLOCK - 1
+    odd = OddPages()
     for s, e, cat in regions:
         if cat & huge:
-            return None
-        for w in words.get(s, e):
-            if not w & present:
-                continue
+            continue
+        ws = words.get(s, e)
+        for i, w in enumerate(ws):
             p = w & pfn_mask
-            if not p or get(p) & _ODD:
-                return None
-            n += 1
-    return n
+            if w & present and p:            # KpageFlags.get, inlined: one call per page was half the time
+                b = cached.get(p >> KPF_BLOCK_SHIFT)
+                if b is None:
+                    b = read(p >> KPF_BLOCK_SHIFT)
+                j = p & last
+                if j < len(b) and not b[j] & _ODD:
+                    continue
+            odd.add(s + i * PAGE_SIZE, s + (i + 1) * PAGE_SIZE)
+        if len(ws) < (e - s) // PAGE_SIZE:
+            odd.add(s + len(ws) * PAGE_SIZE, e)
+    return odd
+
+
+class RegionClipper:
+    """The regions inside [start, end), clipped to it (the kernel merges equal neighbours across
+    VMA boundaries); regions sorted by address."""
+
+    def __init__(self, regions: Sequence[Tuple[int, int, int]]):
+        self.regions = regions
+        self.ends: Optional[List[int]] = None
+
+    def __call__(self, lo: int, hi: int) -> List[Tuple[int, int, int]]:
+        if self.ends is None:
+            self.ends = [e for _s, e, _c in self.regions]
+        out = []
+        j = bisect.bisect_right(self.ends, lo)
+        while j < len(self.regions) and self.regions[j][0] < hi:
+            s, e, cat = self.regions[j]
+            out.append((max(s, lo), min(e, hi), cat))
+            j += 1
+        return out
 
 
 class PagemapWords:
@@ -150,35 +222,6 @@ class PagemapWords:
             words = self.cache[lo] = self.pm.words(lo, self.spans[i][1])
         first = (start - lo) // PAGE_SIZE
         return words[first:first + (end - start) // PAGE_SIZE]
-
-
-def split_regions(regions: Sequence[Tuple[int, int, int]], ranges: Sequence[Tuple[int, int]]
-                  ) -> List[List[Tuple[int, int, int]]]:
-    """Regions of one scan over many VMAs -> each range's regions, clipped to it (the kernel merges
-    equal neighbours across VMA boundaries). Both inputs sorted by address, ranges disjoint."""
-    out: List[List[Tuple[int, int, int]]] = []
-    i = 0
-    for lo, hi in ranges:
-        while i < len(regions) and regions[i][1] <= lo:
-            i += 1
-        mine, j = [], i
-        while j < len(regions) and regions[j][0] < hi:
-            s, e, cat = regions[j]
-            mine.append((max(s, lo), min(e, hi), cat))
-            j += 1
-        out.append(mine)
-    return out
-
-
-def regions_per_vma(pm: pagemap.PageMap, specs: Sequence[VmaSpec], mask: int) -> List[List[Tuple[int, int, int]]]:
-    """Present (not zero-page) PAGEMAP_SCAN regions of each VMA: one scan over all of them (the walk
-    skips the gaps between VMAs), not one per VMA -- processes have tens of thousands."""
-    walk = sorted((s.start, s.end) for s in specs if not s.skip)
-    if not walk:
-        return [[] for _ in specs]
-    regions = pm.regions(walk[0][0], walk[-1][1], return_mask=mask, **PRESENT_NOT_ZERO)
-    by_range = dict(zip(walk, split_regions(regions, walk)))
-    return [by_range.get((s.start, s.end), []) for s in specs]
 
 
 def _leaves_have_pages(pm: pagemap.PageMap, regions: Sequence[Tuple[int, int, int]], kflags: KpageFlags) -> bool:

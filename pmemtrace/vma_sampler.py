@@ -81,7 +81,9 @@ def vma_deltas(prev: Optional[List[VmaState]], cur: List[VmaState], pmd: int, hu
     return out
 
 
-FULL_EVERY = 5.0       # seconds: smaps is read at least this often even when nothing seems to change
+FULL_EVERY = 5.0       # seconds: smaps is read at least this often even when nothing seems to change,
+QUIET_SHARE = 0.02     # or, when a read costs more, once its CPU is this share of a core (60,000 VMAs: ~20 s)
+CPU_SHARE = 0.1        # of one core, at most, for re-reading smaps of a process that never goes quiet
 VMA_KEYS = ("Rss", "AnonHugePages", "ShmemPmdMapped", "FilePmdMapped", "Shared_Hugetlb", "Private_Hugetlb")
 
 
@@ -111,6 +113,7 @@ class VmaSampler:
         self._signature: Optional[tuple] = None
         self._full_at = 0.0
         self._zeros: List[VmaDelta] = []
+        self._read_cpu = 0.0       # CPU seconds (user + system) the last full read took
 
     def _quiet(self) -> Optional[tuple]:
         """What tells an interval in which none of the process's pages changed: its fault counts
@@ -129,15 +132,26 @@ class VmaSampler:
         """Raises ProcessExited when the process is gone.
 
         When neither the faults nor the rollup of the process moved, smaps is not read again (for
-        up to FULL_EVERY seconds): every VMA's delta is zero. A VMA split or merged by mprotect
-        alone, with no page touched, then shows at the next full read."""
+        FULL_EVERY seconds, or until the last read's CPU time is QUIET_SHARE of the time since it
+        when that is longer): every VMA's delta is zero. A VMA split or merged by mprotect alone,
+        or a madvise that changes only VmFlags, with no page touched, then shows at the next full
+        read (60,000 VMAs: ~20 s).
+
+        A process that changes all the time is read again only once the last read's CPU time is at
+        most CPU_SHARE of the time since it: 60,000 VMAs take ~0.4 s of CPU to read, so their rows
+        are refreshed every ~4 s instead of taking 40% of a core; in between every delta is zero
+        and the next read's deltas hold all the gains since the last one (none is lost)."""
         signature = self._quiet() if self.detect_quiet else None
         now = time.monotonic()
-        if (self.prev is not None and signature is not None and signature == self._signature
-                and now - self._full_at < FULL_EVERY):
-            return self._zeros
+        if self.prev is not None and signature is not None:
+            if signature == self._signature and now - self._full_at < max(FULL_EVERY, self._read_cpu / QUIET_SHARE):
+                return self._zeros
+            if self._read_cpu > CPU_SHARE * (now - self._full_at):
+                return self._zeros          # over budget: _signature stays, so the change is still seen
         self._signature, self._full_at = signature, now
+        cpu = time.process_time()
         out = self._sample()
+        self._read_cpu = time.process_time() - cpu
         self._zeros = [self._seen[d.start][2] for d in out]
         return out
 

@@ -170,6 +170,9 @@ class ProcessVmas:
     source: str                # PAGEMAP_SCAN or smaps
     vmas: List[Vma]
     notes: List[str]
+    # the present, not zero-page PAGEMAP_SCAN regions (start, end, PAGE_IS_PRESENT|HUGE) over every
+    # VMA but [vsyscall], as read for huge/small: the folio pass reads them instead of scanning again
+    regions: Optional[List[Tuple[int, int, int]]] = None
 
 
 def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None) -> ProcessVmas:
@@ -192,7 +195,7 @@ def _describe_process(pid: int, use_pagemap_scan: Optional[bool]) -> ProcessVmas
         use_pagemap_scan = pagemap.scan_supported()
     source = SOURCE_PAGEMAP_SCAN if use_pagemap_scan else SOURCE_SMAPS
     notes = []
-    vmas = []
+    vmas: List[Vma] = []
     blocks = procfs.read_smaps(pid, DESCRIBE_KEYS, read_ahead=True)
     files: Dict[Tuple[Tuple[int, int], int], FileFacts] = {}
     none = FileFacts()
@@ -206,55 +209,65 @@ def _describe_process(pid: int, use_pagemap_scan: Optional[bool]) -> ProcessVmas
             f = files[key] = file_facts(pid, m)
         return f
 
-    facts_of = [facts_for(b.map) for b in blocks]
-    backings: Dict[tuple, str] = {}
-    backing_of = []
-    for b, f in zip(blocks, facts_of):
-        m = b.map
-        # classify_backing reads only these facts of the VMA
-        backing_key = (m.path, m.inode == 0, m.shared, b.vmflags, f)
-        backing = backings.get(backing_key)
-        if backing is None:
-            backing = backings[backing_key] = classify_backing(m, b.vmflags, f)
-        backing_of.append(backing)
+    # what a VMA is (backing, DAX, VM_SYNC, THP verdict, sorted flags) follows from these fields
+    # of its smaps block alone: classified once per distinct combination, not once per VMA
+    kinds: Dict[tuple, tuple] = {}
+    kind_of = []
+    for b in blocks:
+        m, vf = b.map, b.vmflags
+        smaps_eligible = b.counters.get("THPeligible")
+        key = (m.path, m.dev, m.inode, m.perms, vf, smaps_eligible)
+        k = kinds.get(key)
+        if k is None:
+            f = facts_for(m)
+            backing = classify_backing(m, vf, f)
+            eligible, reason = classify_thp(backing, f.dax, vf, smaps_eligible, policy, prctl_off)
+            k = kinds[key] = (backing, f.dax, "sf" in vf, eligible, reason, tuple(sorted(vf)))
+        kind_of.append(k)
     # [vsyscall] lies outside the user address space, where PAGEMAP_SCAN refuses to walk
-    walk = [i for i, backing in enumerate(backing_of) if use_pagemap_scan and backing != "special"]
-    scanned = dict(zip(walk, pagemap.huge_small_many(pid, [(blocks[i].map.start, blocks[i].map.end)
-                                                             for i in walk]) if walk else []))
+    walk = [i for i, k in enumerate(kind_of) if k[0] != "special"] if use_pagemap_scan else []
+    regions, huge_small = scan_huge_small(pid, blocks, walk) if walk else (None, [])
+    sizes: List[Optional[Tuple[int, int]]] = [None] * len(blocks)
+    for i, hs in zip(walk, huge_small):
+        sizes[i] = hs
     # DAX: RSS from the page tables on every kernel (smaps does not count DAX pages before ~6.15)
-    dax_idx = [i for i, f in enumerate(facts_of) if f.dax != "none"]
+    dax_idx = [i for i, k in enumerate(kind_of) if k[1] != "none"]
     dax_res = dict(zip(dax_idx, dax_residency(pid, [(blocks[i].map.start, blocks[i].map.end) for i in dax_idx],
-                                              use_pagemap_scan, scanned, dax_idx)))
-    thp_of: Dict[tuple, Tuple[bool, str]] = {}
-    sorted_flags: Dict[frozenset, Tuple[str, ...]] = {}
-    for i, block in enumerate(blocks):
-        m, facts, backing, page_sizes = block.map, facts_of[i], backing_of[i], scanned.get(i)
+                                              use_pagemap_scan, dict(zip(walk, huge_small)), dax_idx)))
+    for block, (backing, dax, sync, eligible, reason, flags), page_sizes in zip(blocks, kind_of, sizes):
+        m = block.map
         huge: Optional[int]
         small: Optional[int]
-        counters = block.counters
-        smaps_eligible = counters.get("THPeligible")
-        key = (backing, facts.dax, block.vmflags, smaps_eligible)
-        thp = thp_of.get(key)
-        if thp is None:
-            thp = thp_of[key] = classify_thp(backing, facts.dax, block.vmflags, smaps_eligible, policy, prctl_off)
-        eligible, reason = thp
-        rss: Optional[int] = counters.get("Rss", 0)
-        if i in dax_res:
-            rss, huge, small = dax_res[i].rss, dax_res[i].huge, dax_res[i].small
+        rss: Optional[int]
+        if dax != "none":
+            res = dax_res[len(vmas)]
+            rss, huge, small = res.rss, res.huge, res.small
         elif page_sizes is not None:
+            rss = block.counters.get("Rss", 0)
             huge, small = page_sizes
         else:
+            rss = block.counters.get("Rss", 0)
             huge = smaps_huge_bytes(block)
-            small = max(counters.get("Rss", 0) - huge, 0)
-        flags = sorted_flags.get(block.vmflags)
-        if flags is None:
-            flags = sorted_flags[block.vmflags] = tuple(sorted(block.vmflags))
+            small = max(rss - huge, 0)
         vmas.append(Vma(m.start, m.end, m.perms, backing, m.path, rss, huge, small,
-                        facts.dax, "sf" in block.vmflags, eligible, reason, flags, m.offset))
+                        dax, sync, eligible, reason, flags, m.offset))
     notes += dax_notes(list(dax_res.values()), use_pagemap_scan)
     if not os.path.exists(f"/proc/{pid}"):
         raise ProcessExited(f"pid {pid} exited while being read")
-    return ProcessVmas(pid, comm, source, vmas, notes)
+    return ProcessVmas(pid, comm, source, vmas, notes, regions)
+
+
+def scan_huge_small(pid: int, blocks: List[procfs.Smaps], walk: List[int]
+                    ) -> Tuple[Optional[List[Tuple[int, int, int]]], List[Tuple[int, int]]]:
+    """(the PAGEMAP_SCAN regions, (huge, small) bytes of blocks[i] for i in walk). One scan over
+    every VMA but [vsyscall] (outside the user address space), so the folio pass finds the special
+    VMAs it reads too; smaps lists VMAs in address order."""
+    ranges = [(blocks[i].map.start, blocks[i].map.end) for i in walk]
+    span = [b.map for b in blocks if b.map.path != "[vsyscall]"]
+    if not pagemap._sorted_disjoint(ranges) or not span:
+        return None, pagemap.huge_small_many(pid, ranges)
+    regions = pagemap.present_regions(pid, span[0].start, span[-1].end)
+    return regions, pagemap.split_huge_small(regions, ranges)
 
 
 def dax_residency(pid: int, ranges: List[Tuple[int, int]], use_pagemap_scan: bool,

@@ -1,6 +1,7 @@
 """Folio classification on pagemap / kpageflags captured from the 6.18 VM
 (tests/fixtures/folios-6.18/capture.py; the workload is tests/workloads/folio_workload.c, whose
 VMAs have the folios asserted here by construction)."""
+import dataclasses
 import json
 
 import pytest
@@ -217,7 +218,8 @@ def test_any_layout_is_classified_as_built(layout):
 def test_one_scan_split_per_vma_and_coalesced_pagemap_reads():
     P = pagemap.PAGE_IS_PRESENT
     regions = [(0x1000, 0x5000, P), (0x9000, 0xB000, P)]          # the first spans two VMAs
-    assert folio_reader.split_regions(regions, [(0x1000, 0x3000), (0x3000, 0x8000), (0x8000, 0xA000), (0xC000, 0xD000)]) \
+    clip = folio_reader.RegionClipper(regions)
+    assert [clip(lo, hi) for lo, hi in [(0x1000, 0x3000), (0x3000, 0x8000), (0x8000, 0xA000), (0xC000, 0xD000)]] \
         == [[(0x1000, 0x3000, P)], [(0x3000, 0x5000, P)], [(0x9000, 0xA000, P)], []]
 
     class FakePM:
@@ -240,3 +242,17 @@ def test_folios_command_line(tmp_path):
     assert r.exit_code == 0 and "--cgroup" in r.output and "--rollup" in r.output
     r = CliRunner().invoke(cli, ["folios", "--cgroup", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_total_counts_a_shared_object_once_per_entry():
+    """read_process shares one FolioStats between VMAs with equal facts: total adds it per entry."""
+    a = folios.FolioStats({4096: 8192}, 0, 0, 0, 0, 0, {})
+    c = folios.FolioStats({2 << 20: 2 << 20, 4096: 4096}, 2 << 20, 0, 4096, 0, 4096, {16384: 4096})
+    u = folios.unknown()
+    shared = [a, u, a, None, c, a, c]
+    tot, unknown_n = folios.total(shared)
+    assert unknown_n == 1
+    assert tot == folios.FolioStats({4096: 3 * 8192 + 2 * 4096, 2 << 20: 4 << 20}, 4 << 20, 0, 8192, 0, 8192,
+                                    {16384: 8192})
+    copies = [None if s is None else dataclasses.replace(s) for s in shared]
+    assert folios.total(iter(copies)) == (tot, unknown_n)

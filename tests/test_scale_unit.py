@@ -1,5 +1,6 @@
 """The many-VMA paths on captured /proc fixtures: the layout parser of smaps equals the line
 parser, however the text is cut; the JSON writers equal json.dumps; region splitting."""
+import array
 import dataclasses
 import io
 import json
@@ -167,22 +168,176 @@ class Words:
 
 
 def test_order0_fast_path_equals_classify_ptes():
-    """The folio facts of a VMA of order-0 pages only, as read_process's short cut gives them,
-    are classify_ptes' (+ classify_vma's) answer; a large folio, a hidden PFN, a page without
-    struct page or a PMD leaf declines it."""
-    S, H = pagemap.PAGE_IS_PRESENT, pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE
-    kf = folios.KpageFlags.from_dict({100: 0, 101: 1 << 5, 300: 0})     # no COMPOUND, no NOPAGE bits
+    """The folio facts of a VMA of order-0 pages only, as read_process's short cut gives them
+    ({4K: its present bytes}), are classify_ptes' (+ classify_vma's) answer; a large folio, a hidden
+    PFN, a page without struct page or one gone since the scan is an odd page, which sends its
+    VMA (and only it) the long way."""
+    S = pagemap.PAGE_IS_PRESENT
+    kf = folios.KpageFlags.from_dict({100: 0, 101: 1 << 5, 102: 0, 300: 0})     # no COMPOUND, no NOPAGE bits
     present = pagemap.PM_PRESENT
-    pieces = [(0x1000, [present | 100, 0, present | 101]), (0x9000, [present | 300])]
+    pieces = [(0x1000, [present | 100, present | 102, present | 101]), (0x9000, [present | 300])]
     regions = [(0x1000, 0x4000, S), (0x9000, 0xa000, S)]
     slow = folios.classify_vma(regions, pmd_size(), folios.classify_ptes(pieces, kf))
-    n = folio_reader._order0_only(regions, Words(pieces), kf)
-    assert n == 3
-    assert slow == folios.FolioStats({4096: n * 4096}, 0, 0, 0, 0, 0, {})
-    assert folio_reader._order0_only([], Words([]), kf) == 0
+    assert slow == folios.FolioStats({4096: 4 * 4096}, 0, 0, 0, 0, 0, {})
+    odd = folio_reader.odd_pages(regions, Words(pieces), kf)
+    assert (odd.starts, odd.ends) == ([], []) and not odd.touches(0x1000, 0xa000)
     one = [(0x1000, 0x2000, S)]
-    assert folio_reader._order0_only(one, Words([(0x1000, [present | 0])]), kf) is None     # PFNs hidden
     big = folios.KpageFlags.from_dict({7: pagemap.KPF_COMPOUND_HEAD})
-    assert folio_reader._order0_only(one, Words([(0x1000, [present | 7])]), big) is None    # a large folio
-    assert folio_reader._order0_only(one, Words([(0x1000, [present | 8])]), big) is None    # KPF_NOPAGE
-    assert folio_reader._order0_only([(0x1000, 0x2000, H)], Words([(0x1000, [present | 100])]), kf) is None
+    for flags, word in ((kf, present | 0),          # PFNs hidden
+                        (big, present | 7),         # a large folio
+                        (big, present | 8),         # KPF_NOPAGE
+                        (kf, 0)):                   # gone since PAGEMAP_SCAN
+        odd = folio_reader.odd_pages(one, Words([(0x1000, [word])]), flags)
+        assert odd.touches(0x1000, 0x2000) and odd.touches(0, 0x1001)
+        assert not odd.touches(0x2000, 0x3000) and not odd.touches(0, 0x1000)
+    short = folio_reader.odd_pages([(0x1000, 0x4000, S)], Words([(0x1000, [present | 100])]), kf)
+    assert (short.starts, short.ends) == ([0x2000], [0x4000])       # words cut short: the rest is odd
+
+
+def test_read_process_with_the_callers_regions_equals_its_own_scan(monkeypatch):
+    """report hands describe_process's PAGEMAP_SCAN regions to the folio pass: the answer is the one
+    read_process gives when it scans itself (fake page map, one VMA of each kind)."""
+    S, H = pagemap.PAGE_IS_PRESENT, pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE
+    present = pagemap.PM_PRESENT
+    M = pmd_size()
+    regions = [(0x1000, 0x3000, S), (0x3000, 0x4000, S), (M, 2 * M, H), (2 * M, 2 * M + 0x2000, S)]
+    pfn = {0x1000: 100, 0x2000: 101, 0x3000: 7, M: 512, 2 * M: 300, 2 * M + 0x1000: 0}
+    flags = {100: 0, 101: 0, 7: pagemap.KPF_COMPOUND_HEAD, 8: pagemap.KPF_COMPOUND_TAIL, 300: 0,
+             **{512 + i: (pagemap.KPF_COMPOUND_HEAD if i == 0 else pagemap.KPF_COMPOUND_TAIL) for i in range(512)}}
+    scans = []
+
+    class FakePM:
+        def __init__(self, pid):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def regions(self, start, end, **masks):
+            scans.append((start, end))
+            return [r for r in regions if r[0] < end and r[1] > start]
+
+        def words(self, s, e):
+            return array.array("Q", [present | pfn[a] if a in pfn else 0 for a in range(s, e, 4096)])
+
+        def check_alive(self):
+            pass
+    monkeypatch.setattr(pagemap, "PageMap", FakePM)
+    monkeypatch.setattr(pagemap, "supported_categories", lambda: 0x1FF)
+    specs = [folio_reader.VmaSpec(0x1000, 0x3000), folio_reader.VmaSpec(0x3000, 0x5000),
+             folio_reader.VmaSpec(M, 2 * M), folio_reader.VmaSpec(2 * M, 2 * M + 0x2000),
+             folio_reader.VmaSpec(3 * M, 3 * M + 0x1000, skip=True)]
+    own = folio_reader.read_process(1, specs, folios.KpageFlags.from_dict(flags))
+    assert len(scans) == 1
+    given = folio_reader.read_process(1, specs, folios.KpageFlags.from_dict(flags), regions)
+    assert len(scans) == 1                    # not scanned again
+    assert given.vmas == own.vmas
+    got = [st for _s, st in given.vmas]
+    assert got[0] == folios.FolioStats({4096: 0x2000}, 0, 0, 0, 0, 0, {})        # the short cut
+    assert got[1].partial_folio_bytes == 4096                                   # one page of a 2-page folio
+    assert got[2].pmd_mapped_bytes == M and got[2].folio_bytes == {M: M}
+    assert got[3].folio_bytes is None                                           # a hidden PFN
+    assert got[4] is None
+
+
+def test_pages_write_json_equals_json_dumps_of_to_json():
+    """pages --json's text encoders give json.dumps(to_json(...)) byte for byte: runs of every
+    state, a walked and an unwalked (VM_PFNMAP) VMA, hostile paths, hugetlb page sizes."""
+    from pmemtrace.views import pages
+    states = [(True, True, 2 << 20, "anon", True, None, False, False, False, None),
+              (True, False, 4096, "file", False, True, True, False, True, False),
+              (False, None, None, "shmem", None, False, None, True, None, True),
+              (True, True, 1 << 30, "hugetlb", True, None, False, False, False, None)]
+    sections = []
+    for i, path in enumerate(['', 'a "b"\n\x1b[2J\udcff', '[vvar]', '/dev/hugepages/x', '']):
+        lo = 0x7f0000000000 + i * (8 << 20)
+        runs = [pagemap.PageRun(lo + j * (2 << 20), lo + (j + 1) * (2 << 20), *states[(i + j) % len(states)])
+                for j in range(i % 3 + 1)]
+        flags = frozenset({"rd", "pf"} if path == "[vvar]" else {"rd", "wr"})
+        block = procfs.Smaps(procfs.MapEntry(lo, lo + (8 << 20), "rw-p" if i % 2 else "r--s", 0, (0, 0), i, path),
+                             {}, flags)
+        facts = pagemap.VmaFacts("hugetlb", 1 << 30) if "hugepages" in path else pagemap.VmaFacts("anon")
+        sections.append(pages.Section(block, lo, lo + (2 << 20) * len(runs), facts, runs))
+    for batch in (1, 2, 1000):
+        out = io.StringIO()
+        pages.JSON_BATCH, saved = batch, pages.JSON_BATCH
+        try:
+            pages.write_json(out, 7, pagemap.SOURCE_SCAN, sections, ["n\u00e9"])
+        finally:
+            pages.JSON_BATCH = saved
+        assert out.getvalue() == json.dumps(pages.to_json(7, pagemap.SOURCE_SCAN, sections, ["n\u00e9"])) + "\n"
+
+
+def test_top_p_rereads_a_busy_process_within_its_cpu_budget(monkeypatch):
+    """VmaSampler on a process whose faults move every interval: a read that cost 0.4 s of CPU
+    (60,000 VMAs) is repeated only after 0.4 / CPU_SHARE s; the intervals between give zero deltas
+    and the next read's deltas hold every gain since the last read."""
+    from pmemtrace import vma_sampler
+    blocks = [procfs.parse_smaps(raw(f"top/smaps_{tag}.txt").decode()) for tag in ("before", "after", "after")]
+    clock = {"now": 100.0, "cpu": 0.0}
+
+    class FakeTime:
+        @staticmethod
+        def monotonic():
+            return clock["now"]
+
+        @staticmethod
+        def process_time():
+            return clock["cpu"]
+    monkeypatch.setattr(vma_sampler, "time", FakeTime)
+    reads = []
+
+    def read(pid):
+        clock["cpu"] += 0.4
+        reads.append(clock["now"])
+        return blocks[len(reads) - 1]
+    s = vma_sampler.VmaSampler(5, read_smaps=read)
+    s.detect_quiet = True
+    faults = iter(range(1000))
+    monkeypatch.setattr(s, "_quiet", lambda: (1, next(faults)))         # faults moved: never quiet
+    got = []
+    for _ in range(5):
+        got.append(s.sample())
+        clock["now"] += 1.0
+    assert reads == [100.0, 104.0]
+    assert vma_sampler.CPU_SHARE * 4.0 >= 0.4
+    assert all(d.faults == 0 for d in got[0] + got[1] + got[2] + got[3])
+    want = vma_sampler.vma_deltas(vma_sampler.vma_states(blocks[0]), vma_sampler.vma_states(blocks[1]),
+                                  s.pmd, s.hugetlb_page)
+    assert [(d.start, d.faults, d.huge_faults) for d in got[4]] == [(d.start, d.faults, d.huge_faults) for d in want]
+    assert sum(d.faults for d in got[4]) > 0
+
+
+@pytest.mark.parametrize("cost, want", [(0.001, [0.0, 5.0, 10.0, 15.0, 20.0]), (0.4, [0.0, 20.0])])
+def test_top_p_rereads_a_quiet_costly_process_rarely(monkeypatch, cost, want):
+    """A quiet process is read again after FULL_EVERY s, or after read CPU / QUIET_SHARE s when its
+    smaps is costly (60,000 VMAs: 0.4 s of CPU, every 20 s): then its unchanged VMAs cost ~nothing."""
+    from pmemtrace import vma_sampler
+    blocks = procfs.parse_smaps(raw("top/smaps_before.txt").decode())
+    clock = {"now": 0.0, "cpu": 0.0}
+
+    class FakeTime:
+        @staticmethod
+        def monotonic():
+            return clock["now"]
+
+        @staticmethod
+        def process_time():
+            return clock["cpu"]
+    monkeypatch.setattr(vma_sampler, "time", FakeTime)
+    reads = []
+
+    def read(pid):
+        clock["cpu"] += cost
+        reads.append(clock["now"])
+        return blocks
+    s = vma_sampler.VmaSampler(5, read_smaps=read)
+    s.detect_quiet = True
+    monkeypatch.setattr(s, "_quiet", lambda: (1, 7))        # nothing moved
+    for _ in range(24):
+        s.sample()
+        clock["now"] += 1.0
+    assert reads == want

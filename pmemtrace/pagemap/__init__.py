@@ -44,7 +44,7 @@ from .runs import (  # noqa: F401  (re-exported: pagemap.X is the API)
 )
 from .scanner import (  # noqa: F401  (re-exported: pagemap.X is the API)
     PageMap, _exited, _ioctl_scan, _open_pagemap, _pagemap, _pread_all, _require_scan, _scan_errors,
-    _sorted_disjoint, _vmas_in, _words, default_vec_len, huge_small_bytes, huge_small_many, process_alive,
+    _sorted_disjoint, _vmas_in, _words, default_vec_len, huge_small_bytes, huge_small_many, present_regions, process_alive,
     scan, scan_regions, scan_regions_fd, scan_split, scan_supported, soft_dirty_tracked, split_huge_small,
     supported_categories,
 )

@@ -302,13 +302,7 @@ def huge_small_many(pid: int, ranges: Sequence[Tuple[int, int]],
     Sorted, disjoint ranges (VMAs) are walked with one PAGEMAP_SCAN pass from the first start to
     the last end, and the regions cut at the range edges: one ioctl per 512 regions rather than
     one per VMA (60,000 VMAs: 60,000 ioctls). Pages between the ranges are not counted."""
-    known = _require_scan()
-    mask, inverted = PAGE_IS_PRESENT, 0
-    if not count_zero_page:
-        mask |= PAGE_IS_PFNZERO
-        inverted = PAGE_IS_PFNZERO
-    masks = dict(category_mask=mask, category_inverted=inverted,
-                 return_mask=(PAGE_IS_PRESENT | PAGE_IS_HUGE) & known)
+    masks = _present_masks(count_zero_page)
     out = []
     with _pagemap(pid, None) as pm:
         if _sorted_disjoint(ranges):
@@ -317,6 +311,24 @@ def huge_small_many(pid: int, ranges: Sequence[Tuple[int, int]],
         for start, end in ranges:
             out.append(split_huge_small(pm.regions(start, end, **masks), [(start, end)])[0])
     return out
+
+
+def _present_masks(count_zero_page: bool = False) -> dict:
+    known = _require_scan()
+    mask, inverted = PAGE_IS_PRESENT, 0
+    if not count_zero_page:
+        mask |= PAGE_IS_PFNZERO
+        inverted = PAGE_IS_PFNZERO
+    return dict(category_mask=mask, category_inverted=inverted,
+                return_mask=(PAGE_IS_PRESENT | PAGE_IS_HUGE) & known)
+
+
+def present_regions(pid: int, start: int, end: int) -> List[Tuple[int, int, int]]:
+    """Merged PAGEMAP_SCAN regions of [start, end): present pages but the shared zero page, with
+    PAGE_IS_PRESENT|HUGE (what huge_small_many splits, and folio_reader reads)."""
+    masks = _present_masks()
+    with _pagemap(pid, None) as pm:
+        return pm.regions(start, end, **masks)
 
 
 def _sorted_disjoint(ranges: Sequence[Tuple[int, int]]) -> bool:

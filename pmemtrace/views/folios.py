@@ -2,11 +2,10 @@
 processes: all, some pids, or a cgroup; per process or one system roll-up)."""
 import json
 import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:                    # rich is imported where text is drawn: report --json needs none of it
+    from rich.console import Console
 
 from .. import folio_reader, folios, procfs
 from ..errors import NotRoot
@@ -37,19 +36,22 @@ def summary_line(t: dict) -> str:
     return line
 
 
-def stats_by_start(pid: int, ranges: Sequence[tuple], hugetlb: bool) -> folio_reader.ProcessFolios:
+def stats_by_start(pid: int, ranges: Sequence[tuple], hugetlb: bool,
+                   regions: Optional[List[tuple]] = None) -> folio_reader.ProcessFolios:
     """Folio facts of the VMAs ``ranges`` ((start, end, skip)) of pid. With ``hugetlb`` VMAs among
-    them, their page sizes come from smaps (specs_from_maps)."""
+    them, their page sizes come from smaps (specs_from_maps). ``regions``: the PAGEMAP_SCAN regions
+    already read (vmas.ProcessVmas.regions), else scanned here."""
     leaf = {(s.start, s.end): s.leaf_size for s in folio_reader.specs_from_maps(pid)} if hugetlb else {}
     specs = [folio_reader.VmaSpec(start, end, leaf.get((start, end), 0), skip) for start, end, skip in ranges]
-    return folio_reader.read_process(pid, specs)
+    return folio_reader.read_process(pid, specs, regions=regions)
 
 
-def annotate(data: dict, pid: int) -> None:
-    """Add the folio keys to a `report --json` document (every VMA row, totals, folio_source)."""
+def annotate(data: dict, pid: int, regions: Optional[List[tuple]] = None) -> None:
+    """Add the folio keys to a `report --json` document (every VMA row, totals, folio_source);
+    ``regions``: describe_process's PAGEMAP_SCAN regions (ProcessVmas.regions), not scanned again."""
     rows = data["vmas"]
     got = stats_by_start(pid, [(d["start"], d["end"], d["path"] == "[vsyscall]") for d in rows],
-                         any(d["backing"] == "hugetlb" for d in rows))
+                         any(d["backing"] == "hugetlb" for d in rows), regions)
     as_json: Dict[tuple, dict] = {}    # one JSON form per distinct content, shared (tens of thousands of VMAs)
     by_id: Dict[int, dict] = {}         # read_process shares one object between many VMAs
     for d, (_spec, found) in zip(rows, got.vmas):
@@ -118,7 +120,9 @@ def _from_json(key: str, v):
     return v
 
 
-def render(console: Console, data: dict) -> None:
+def render(console: "Console", data: dict) -> None:
+    from rich.table import Table
+    from rich.text import Text
     if "processes" in data:
         table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
         for name in ("PID", "COMM", "FOLIOS", "PMD", "PTE-THP", "UNALIGNED", "PARTIAL"):

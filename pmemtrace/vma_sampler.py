@@ -81,8 +81,8 @@ def vma_deltas(prev: Optional[List[VmaState]], cur: List[VmaState], pmd: int, hu
     return out
 
 
-FULL_EVERY = 5.0       # seconds: smaps is read at least this often even when nothing seems to change,
-QUIET_SHARE = 0.02     # or, when a read costs more, once its CPU is this share of a core (60,000 VMAs: ~20 s)
+QUIET_SHARE = 0.02     # of one core: a quiet process's smaps is re-read once its last read's CPU is this
+                       # share of the time since (a 1 ms read: every interval; 60,000 VMAs, 0.4 s: ~20 s)
 CPU_SHARE = 0.1        # of one core, at most, for re-reading smaps of a process that never goes quiet
 VMA_KEYS = ("Rss", "AnonHugePages", "ShmemPmdMapped", "FilePmdMapped", "Shared_Hugetlb", "Private_Hugetlb")
 
@@ -132,8 +132,8 @@ class VmaSampler:
         """Raises ProcessExited when the process is gone.
 
         When neither the faults nor the rollup of the process moved, smaps is not read again (for
-        FULL_EVERY seconds, or until the last read's CPU time is QUIET_SHARE of the time since it
-        when that is longer): every VMA's delta is zero. A VMA split or merged by mprotect alone,
+        until the last read's CPU time is QUIET_SHARE of the time since it: a small process is read
+        every interval): every VMA's delta is zero. A VMA split or merged by mprotect alone,
         or a madvise that changes only VmFlags, with no page touched, then shows at the next full
         read (60,000 VMAs: ~20 s).
 
@@ -144,7 +144,7 @@ class VmaSampler:
         signature = self._quiet() if self.detect_quiet else None
         now = time.monotonic()
         if self.prev is not None and signature is not None:
-            if signature == self._signature and now - self._full_at < max(FULL_EVERY, self._read_cpu / QUIET_SHARE):
+            if signature == self._signature and now - self._full_at < self._read_cpu / QUIET_SHARE:
                 return self._zeros
             if self._read_cpu > CPU_SHARE * (now - self._full_at):
                 return self._zeros          # over budget: _signature stays, so the change is still seen

@@ -36,19 +36,7 @@ static __always_inline int ksys_regs(struct pt_regs *ctx, struct pt_regs *out)
 }
 
 #ifdef FEATURE_KSYSCALLS
-struct mmap_args {
-	u64 addr, len, prot, flags, fd, off;
-};
-BPF_TABLE("lru_hash", u32, struct mmap_args, mmap_inflight, INFLIGHT_ENTRIES);
-BPF_PERF_OUTPUT(syscall_events);
-
-struct syscall_event {
-	u32 type;              /* EVENT_MMAP, EVENT_MUNMAP, EVENT_MADVISE */
-	u32 tgid;
-	u64 addr, len, prot, flags, fd, off;
-	s64 ret;
-	char comm[16];
-};
+#include "mmap_events.h"
 
 int on_ksys_enter_mmap(struct pt_regs *ctx)
 {
@@ -58,27 +46,15 @@ int on_ksys_enter_mmap(struct pt_regs *ctx)
 	struct pt_regs r = {};
 	if (ksys_regs(ctx, &r))
 		return 0;
-	u32 tid = id;
 	struct mmap_args a = { .addr = PT_REGS_PARM1(&r), .len = PT_REGS_PARM2(&r), .prot = PT_REGS_PARM3(&r),
 			       .flags = KSYS_ARG4(&r), .fd = PT_REGS_PARM5(&r), .off = PT_REGS_PARM6(&r) };
-	lose_if_failed(mmap_inflight.update(&tid, &a), current_epoch(), LOST_INFLIGHT_FULL);
+	mmap_enter(id, &a);
 	return 0;
 }
 
 int on_ksys_exit_mmap(struct pt_regs *ctx)
 {
-	u64 id = bpf_get_current_pid_tgid();
-	u32 tid = id;
-	struct mmap_args *a = mmap_inflight.lookup(&tid);
-	if (!a)
-		return 0;
-	struct syscall_event e = { .type = EVENT_MMAP, .tgid = id >> 32 };
-	e.addr = a->addr; e.len = a->len; e.prot = a->prot;
-	e.flags = a->flags; e.fd = a->fd; e.off = a->off;
-	e.ret = PT_REGS_RC(ctx);
-	mmap_inflight.delete(&tid);
-	bpf_get_current_comm(&e.comm, sizeof(e.comm));
-	syscall_events.perf_submit(ctx, &e, sizeof(e));
+	mmap_exit(ctx, bpf_get_current_pid_tgid(), PT_REGS_RC(ctx));
 	return 0;
 }
 
@@ -90,11 +66,7 @@ int on_ksys_enter_munmap(struct pt_regs *ctx)
 	struct pt_regs r = {};
 	if (ksys_regs(ctx, &r))
 		return 0;
-	struct syscall_event e = { .type = EVENT_MUNMAP, .tgid = tgid };
-	e.addr = PT_REGS_PARM1(&r);
-	e.len = PT_REGS_PARM2(&r);
-	bpf_get_current_comm(&e.comm, sizeof(e.comm));
-	syscall_events.perf_submit(ctx, &e, sizeof(e));
+	munmap_event(ctx, tgid, PT_REGS_PARM1(&r), PT_REGS_PARM2(&r));
 	return 0;
 }
 
@@ -106,29 +78,13 @@ int on_ksys_enter_madvise(struct pt_regs *ctx)
 	struct pt_regs r = {};
 	if (ksys_regs(ctx, &r))
 		return 0;
-	u64 advice = (u32)PT_REGS_PARM3(&r);
-	if (advice != MADV_HUGEPAGE_NR && advice != MADV_NOHUGEPAGE_NR && advice != MADV_COLLAPSE_NR)
-		return 0;
-	struct syscall_event e = { .type = EVENT_MADVISE, .tgid = tgid };
-	e.addr = PT_REGS_PARM1(&r);
-	e.len = PT_REGS_PARM2(&r);
-	e.flags = advice;
-	bpf_get_current_comm(&e.comm, sizeof(e.comm));
-	syscall_events.perf_submit(ctx, &e, sizeof(e));
+	madvise_event(ctx, tgid, PT_REGS_PARM1(&r), PT_REGS_PARM2(&r), (u32)PT_REGS_PARM3(&r));
 	return 0;
 }
 #endif
 
 #ifdef FEATURE_KMINCORE
-struct mincore_args {
-	u64 start, len, vec, ts;
-};
-BPF_TABLE("lru_hash", u32, struct mincore_args, mincore_inflight, INFLIGHT_ENTRIES);
-
-struct mincore_stats {
-	u64 calls, errors, bytes, pages_examined, pages_resident, ns;
-};
-BPF_HASH(mincore_counts, struct tgid_key, struct mincore_stats, COMM_MAP_ENTRIES);
+#include "mincore.h"
 
 int on_ksys_enter_mincore(struct pt_regs *ctx)
 {
@@ -138,62 +94,13 @@ int on_ksys_enter_mincore(struct pt_regs *ctx)
 	struct pt_regs r = {};
 	if (ksys_regs(ctx, &r))
 		return 0;
-	u32 tid = id;
-	struct mincore_args a = { .start = PT_REGS_PARM1(&r), .len = PT_REGS_PARM2(&r),
-				  .vec = PT_REGS_PARM3(&r), .ts = bpf_ktime_get_ns() };
-	lose_if_failed(mincore_inflight.update(&tid, &a), current_epoch(), LOST_INFLIGHT_FULL);
+	mincore_enter(id, PT_REGS_PARM1(&r), PT_REGS_PARM2(&r), PT_REGS_PARM3(&r));
 	return 0;
 }
 
 int on_ksys_exit_mincore(struct pt_regs *ctx)
 {
-	u64 id = bpf_get_current_pid_tgid();
-	u32 tid = id, tgid = id >> 32;
-	struct mincore_args *a = mincore_inflight.lookup(&tid);
-	if (!a)
-		return 0;
-	u32 ep = current_epoch();
-	struct tgid_key t = { .tgid = tgid, .epoch = ep };
-	struct mincore_stats zero = {}, *st = mincore_counts.lookup_or_try_init(&t, &zero);
-	if (!st) {
-		count_lost(ep, LOST_MINCORE_COUNTS_FULL);
-		mincore_inflight.delete(&tid);
-		return 0;
-	}
-	__sync_fetch_and_add(&st->calls, 1);
-	__sync_fetch_and_add(&st->ns, bpf_ktime_get_ns() - a->ts);
-	if (PT_REGS_RC(ctx) != 0) {
-		__sync_fetch_and_add(&st->errors, 1);
-		mincore_inflight.delete(&tid);
-		return 0;
-	}
-	__sync_fetch_and_add(&st->bytes, a->len);
-	/* Read the answer vector, bounded: the first MINCORE_VEC_WORDS * 8 pages. */
-	u64 pages = (a->len + (1ULL << PAGE_SHIFT_BITS) - 1) >> PAGE_SHIFT_BITS, examined = 0, resident = 0;
-	u64 vec = a->vec;
-	for (int i = 0; i < MINCORE_VEC_WORDS; i++) {
-		if (examined + 8 > pages)
-			break;
-		u64 w = 0;
-		if (bpf_probe_read_user(&w, sizeof(w), (void *)(vec + i * 8)))
-			break;
-		/* one byte a page, bit 0 = resident: add the low bits of the 8 bytes */
-		resident += ((w & 0x0101010101010101ULL) * 0x0101010101010101ULL) >> 56;
-		examined += 8;
-	}
-	/* the tail of fewer than 8 pages, byte by byte */
-	for (int j = 0; j < 8; j++) {
-		if (examined >= pages || examined >= MINCORE_VEC_WORDS * 8)
-			break;
-		u8 b = 0;
-		if (bpf_probe_read_user(&b, 1, (void *)(vec + examined)))
-			break;
-		resident += b & 1;
-		examined += 1;
-	}
-	__sync_fetch_and_add(&st->pages_examined, examined);
-	__sync_fetch_and_add(&st->pages_resident, resident);
-	mincore_inflight.delete(&tid);
+	mincore_exit(bpf_get_current_pid_tgid(), PT_REGS_RC(ctx));
 	return 0;
 }
 #endif

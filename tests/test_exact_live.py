@@ -36,7 +36,9 @@ class Top:
         self.proc = subprocess.Popen([PYTHON, "-m", "pmemtrace", "top", *map(str, args)], cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue = queue.Queue()
+        self.errors: list = []          # stderr, drained too: a full pipe would block top
         threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=lambda: self.errors.extend(self.proc.stderr), daemon=True).start()
 
     def _pump(self):
         for line in self.proc.stdout:
@@ -257,7 +259,7 @@ def test_soak_exact_top_under_vma_and_process_churn(bins, tmp_path):
     churn for PMEMTRACE_SOAK_SECONDS (60 by default; 600 on demand): no lost event, map
     occupancy under its bound, and top's RSS flat (second half within 16 MiB of the first)."""
     seconds = float(os.environ.get("PMEMTRACE_SOAK_SECONDS", "60"))
-    top = Top(0.5, 1000000, "--json", "--exact")
+    top = Top(0.5, 1000000, "--json", "--exact", "--syscalls")
     rss = []
     try:
         frames = [top.frame()]
@@ -283,6 +285,7 @@ def test_soak_exact_top_under_vma_and_process_churn(bins, tmp_path):
           f"(first half {max(rss[:half])}, second {max(rss[half:])}), peak map entries {peak}")
     (tmp_path / "soak.json").write_text(json.dumps({"seconds": seconds, "frames": len(frames), "rss_kib": rss,
                                                     "peak_entries": peak}))
-    assert {"thp_faults", "thp_comm"} <= set(peak)     # mincore maps exist only with syscalls watched
+    assert {"thp_faults", "thp_comm", "mincore_counts"} <= set(peak)
+    assert top.errors == [], top.errors[:5]
     assert max(rss[half:]) - max(rss[:half]) < 16 * 1024
     assert [f["lost_events"] for f in frames] == [0] * len(frames)

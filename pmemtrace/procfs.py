@@ -38,13 +38,21 @@ def no_gc():
 
 
 
+def denied(pid: int, name: str) -> NotRoot:
+    """Permission denied on /proc/PID/NAME: as root too, where another PID namespace, ptrace
+    rules or an LSM refuse it, so "run as root" is said only to a user who is not."""
+    why = ("refused even to root (ptrace rules, an LSM or another PID namespace)" if os.geteuid() == 0
+           else "run as root")
+    return NotRoot(f"permission denied reading /proc/{pid}/{name}: {why}")
+
+
 def _open_proc(pid: int, name: str) -> int:
     try:
         return os.open(proc_path(pid, name), os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, ProcessLookupError):
         raise ProcessExited(f"pid {pid} exited while being read") from None
     except PermissionError:
-        raise NotRoot(f"permission denied reading /proc/{pid}/{name}: run as root") from None
+        raise denied(pid, name) from None
 
 
 def _read(fd: int, pid: int, size: int) -> bytes:
@@ -202,7 +210,7 @@ def read_text(pid: int, name: str, *, started: bool = False) -> str:
             raise ProcessExited(f"pid {pid} exited while being read") from None
         raise NoSuchProcess(f"no such process: {pid}") from None
     except PermissionError:
-        raise NotRoot(f"permission denied reading /proc/{pid}/{name}: run as root") from None
+        raise denied(pid, name) from None
     except OSError as e:
         if e.errno == errno.ESRCH:
             raise ProcessExited(f"pid {pid} exited while being read") from None

@@ -207,3 +207,17 @@ def test_exit_codes_distinct():
     assert len(codes) == len(set(codes))
     assert 0 not in codes and 1 not in codes and 2 not in codes      # 1: generic, 2: click usage
     assert errors.EXIT_CODES["NoSuchProcess"] == 3 and errors.EXIT_CODES["BadRange"] == 11
+
+
+@pytest.mark.parametrize("args", [["report", "{pid}"], ["pages", "{pid}"]])
+def test_a_reader_closing_the_pipe_early_is_not_a_failure(args):
+    """`pmemtrace report PID | head -1`: rich would exit 1 (an unexpected failure in the exit-code
+    table); a closed pipe ends the command quietly with 0, as with --json."""
+    import sys
+    argv = [a.format(pid=os.getpid()) for a in args]
+    p = subprocess.Popen([sys.executable, "-m", "pmemtrace", *argv], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p.stdout.read(10)
+    p.stdout.close()
+    assert p.wait(timeout=60) == 0
+    assert p.stderr.read() == b""

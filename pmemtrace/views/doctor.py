@@ -16,7 +16,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from .. import btf, headers, kernel
 from ..errors import PmemtraceError
-from .text import human_bytes, printable
+from .text import console as text_console, human_bytes, printable
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
@@ -455,9 +455,6 @@ def render(checks: List[Check], console) -> None:
 
 
 def run() -> int:
-    from rich.console import Console
     checks = collect()
-    # a pipe gets 160 columns unless COLUMNS says otherwise (rich would pick 80)
-    wide = sys.stdout.isatty() or os.environ.get("COLUMNS")
-    render(checks, Console() if wide else Console(width=160))
+    render(checks, text_console(160))
     return exit_status(checks)

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from .. import pagemap, procfs, vmas
 from ..errors import BadRange, NoSuchProcess, ProcessExited
 from ..pagemap import PageRun, VmaFacts
-from .text import human_bytes, printable
+from .text import console as text_console, human_bytes, printable
 
 # ---------------------------------------------------------------- range parsing
 
@@ -467,7 +467,5 @@ def run(pid: int, range_spec: Optional[str] = None, vma_addr: Optional[str] = No
         with procfs.no_gc():
             write_json(sys.stdout, pid, source, sections, notes)
         return
-    from rich.console import Console
-    # A pipe has no width: give the table room instead of rich's 80 columns.
-    console = Console() if sys.stdout.isatty() else Console(width=120)
+    console = text_console(120)
     render(console, pid, comm, source, sections, notes)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:                    # rich is imported where text is drawn: --j
 from .. import aggregate, collapse, daxcause, jsonout, kernel, policy as policy_mod, procfs, signals, vmas as vmas_mod
 from ..errors import ProcessExited
 from . import folios as folio_view
-from .text import human_bytes, printable
+from .text import console as text_console, human_bytes, printable
 
 JSON_SCHEMA_VERSION = 1
 FAULT_KEYS = ("faults", "huge_faults", "dax_pmd_faults", "dax_pte_faults", "dax_fallbacks", "dax_needdsync")
@@ -268,9 +268,7 @@ def observe(pid: int, duration: float, ebpf: bool):
 
 def make_console() -> "Console":
     """A terminal gets rich's own width; a pipe gets lines wide enough not to cut columns."""
-    from rich.console import Console
-    console = Console()
-    return console if console.is_terminal else Console(width=250)
+    return text_console(250)
 
 
 def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optional[float] = None,

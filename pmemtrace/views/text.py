@@ -3,7 +3,12 @@
 The one escaping function is printable(); views hand its result to rich as Text (never as
 markup), so brackets in a name are shown as they are. The one byte formatter is human_bytes():
 the same number reads the same in report, top, pages and doctor."""
-from typing import Optional
+import os
+import sys
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 UNITS = (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10))
 
@@ -30,3 +35,19 @@ def human_bytes(n: Optional[int], exact: bool = False, unknown: str = "?") -> st
             if not exact or (n * 10) % size == 0:
                 return f"{n / size:.1f}{unit}"
     return f"{n}B" if n else "0"
+
+
+def console(pipe_width: int) -> "Console":
+    """rich's Console for the one-shot views: a terminal (or COLUMNS) gets its own width, a pipe
+    `pipe_width` columns (rich would pick 80 and cut columns). A reader that closes the pipe early
+    (`| head`) ends the command like any closed pipe (cli.handle_errors: exit 0), not with
+    rich's own exit 1, which the exit-code table keeps for unexpected failures."""
+    from rich.console import Console
+
+    class PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # nothing left to flush
+            raise BrokenPipeError
+
+    wide = PipeConsole()
+    return wide if wide.is_terminal or os.environ.get("COLUMNS") else PipeConsole(width=pipe_width)

@@ -271,13 +271,10 @@ def test_pages_write_json_equals_json_dumps_of_to_json():
         assert out.getvalue() == json.dumps(pages.to_json(7, pagemap.SOURCE_SCAN, sections, ["n\u00e9"])) + "\n"
 
 
-def test_top_p_rereads_a_busy_process_within_its_cpu_budget(monkeypatch):
-    """VmaSampler on a process whose faults move every interval: a read that cost 0.4 s of CPU
-    (60,000 VMAs) is repeated only after 0.4 / CPU_SHARE s; the intervals between give zero deltas
-    and the next read's deltas hold every gain since the last read."""
+def fake_clock(monkeypatch, now: float) -> dict:
+    """vma_sampler's monotonic and process time, set by the test: {"now": s, "cpu": s}."""
     from pmemtrace import vma_sampler
-    blocks = [procfs.parse_smaps(raw(f"top/smaps_{tag}.txt").decode()) for tag in ("before", "after", "after")]
-    clock = {"now": 100.0, "cpu": 0.0}
+    clock = {"now": now, "cpu": 0.0}
 
     class FakeTime:
         @staticmethod
@@ -288,6 +285,16 @@ def test_top_p_rereads_a_busy_process_within_its_cpu_budget(monkeypatch):
         def process_time():
             return clock["cpu"]
     monkeypatch.setattr(vma_sampler, "time", FakeTime)
+    return clock
+
+
+def test_top_p_rereads_a_busy_process_within_its_cpu_budget(monkeypatch):
+    """VmaSampler on a process whose faults move every interval: a read that cost 0.4 s of CPU
+    (60,000 VMAs) is repeated only after 0.4 / CPU_SHARE s; the intervals between give zero deltas
+    and the next read's deltas hold every gain since the last read."""
+    from pmemtrace import vma_sampler
+    blocks = [procfs.parse_smaps(raw(f"top/smaps_{tag}.txt").decode()) for tag in ("before", "after", "after")]
+    clock = fake_clock(monkeypatch, 100.0)
     reads = []
 
     def read(pid):
@@ -317,17 +324,7 @@ def test_top_p_rereads_a_quiet_costly_process_rarely(monkeypatch, cost, want):
     when its smaps is cheap (1 ms), rarely when it is costly (60,000 VMAs: 0.4 s of CPU, every 20 s): then its unchanged VMAs cost ~nothing."""
     from pmemtrace import vma_sampler
     blocks = procfs.parse_smaps(raw("top/smaps_before.txt").decode())
-    clock = {"now": 0.0, "cpu": 0.0}
-
-    class FakeTime:
-        @staticmethod
-        def monotonic():
-            return clock["now"]
-
-        @staticmethod
-        def process_time():
-            return clock["cpu"]
-    monkeypatch.setattr(vma_sampler, "time", FakeTime)
+    clock = fake_clock(monkeypatch, 0.0)
     reads = []
 
     def read(pid):

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 from .. import kernel, policy as policy_mod, procfs, sampler, vmas as vmas_mod
 from ..errors import KernelThread, NoSuchProcess, NotRoot, ProcessExited
-from ..interval import Model, features_for
+from ..interval import features_for
 from .text import human_bytes
 from . import folios as folio_view, report
 
@@ -159,17 +159,7 @@ def run(output: str, pids: List[int], comm: Optional[str], all_: bool, interval:
     tty = err.isatty()
     try:
         probes = probes_factory(features, one)
-        missing = getattr(probes, "missing", {}) or {}
-        try:
-            from .. import pagemap
-            huge_small = pagemap.dax_huge_small     # as top: DAX from the page tables on every kernel
-        except (ImportError, AttributeError, OSError):
-            huge_small = None
-        feats = list(getattr(probes, "features", ()))
-        fallbacks_known = "dax" in feats and "fs_dax:dax_pmd_fault_done" not in missing
-        model = Model(exact=exact, pid=one, comm=comm, huge_small=huge_small, fallbacks_known=fallbacks_known,
-                      syscalls_known=bool(feats) and top.watched(feats, missing, ("syscalls", "ksyscalls")),
-                      mincore_known=bool(feats) and top.watched(feats, missing, ("mincore", "kmincore")))
+        model = top.make_model(probes, exact, one, comm)
         model.procs.tick = lambda: probes.poll(0)
         model.start()
         probes.snapshot()

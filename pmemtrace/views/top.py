@@ -155,6 +155,21 @@ def watched(features: List[str], missing: dict, names) -> bool:
     return bool(on) and not any(a.id in missing for f in on for a in loader.ATTACHMENTS[f])
 
 
+def make_model(probes, exact: bool, pid: Optional[int], comm: Optional[str], dax_only: bool = False) -> Model:
+    """top's interval model for these probes; record builds its frames with it too, so they are top's.
+    What the probes do not watch is unknown (null), not zero (loader.Probes and NoProbes say)."""
+    try:
+        from .. import pagemap
+        huge_small = pagemap.dax_huge_small     # DAX: page tables on every kernel (None: unknown)
+    except (ImportError, AttributeError, OSError):
+        huge_small = None
+    features, missing = list(getattr(probes, "features", ())), getattr(probes, "missing", {}) or {}
+    return Model(exact=exact, pid=pid, comm=comm, dax_only=dax_only, huge_small=huge_small,
+                 fallbacks_known="dax" in features and "fs_dax:dax_pmd_fault_done" not in missing,
+                 syscalls_known=watched(features, missing, ("syscalls", "ksyscalls")),
+                 mincore_known=watched(features, missing, ("mincore", "kmincore")))
+
+
 def syscall_kprobes_here() -> bool:
     """Can mmap/munmap/madvise/mincore be kprobed here (so default top watches them for free)?"""
     from .. import loader
@@ -173,11 +188,6 @@ def run(interval=1.0, count=None, noclear=False, maxrows=20, sort_key="huge_faul
         return 0
     if pid is not None:
         procfs.check_pid(pid)
-    try:
-        from .. import pagemap
-        huge_small = pagemap.dax_huge_small     # DAX: page tables on every kernel (None: unknown)
-    except (ImportError, AttributeError, OSError):
-        huge_small = None
     tty = out.isatty() and not as_json
     # SIGINT/SIGTERM: recorded at any moment, acted on only where it is safe (pmemtrace.signals)
     installed = signals.install()
@@ -185,12 +195,7 @@ def run(interval=1.0, count=None, noclear=False, maxrows=20, sort_key="huge_faul
     try:
         probes = probes_factory(features, pid)      # a signal during attach waits for it, then we detach
         signals.check()
-        # DAX PMD fallbacks are counted when that probe is attached (loader.Probes and NoProbes say)
-        fallbacks_known = "dax" in probes.features and "fs_dax:dax_pmd_fault_done" not in probes.missing
-        model = Model(exact=exact, pid=pid, comm=comm, dax_only=dax_only, huge_small=huge_small,
-                      fallbacks_known=fallbacks_known,
-                      syscalls_known=watched(probes.features, probes.missing, ("syscalls", "ksyscalls")),
-                      mincore_known=watched(probes.features, probes.missing, ("mincore", "kmincore")))
+        model = make_model(probes, exact, pid, comm, dax_only)
         model.procs.tick = lambda: probes.poll(0)
         model.start()
         probes.snapshot()          # start the first interval with empty maps

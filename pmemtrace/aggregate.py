@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
 UNMAPPED = "(unmapped)"
+# the columns a frame's process rows can be sorted by (the CLI's -s choices, top's < > keys);
+# here, not in interval.py, so the CLI offers them without importing the samplers
+SORT_KEYS = ("faults", "huge_faults", "fallbacks", "huge_share", "pid", "comm")
 
 # Constants shared with probes/*.c: this is their one source; the loader generates the C
 # #defines from them (loader.shared_defines), so C and Python cannot drift apart.

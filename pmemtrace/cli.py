@@ -11,7 +11,7 @@ import click
 
 from . import __version__, signals
 from .errors import PmemtraceError
-from .interval import SORT_KEYS as TOP_SORT_KEYS
+from .aggregate import SORT_KEYS as TOP_SORT_KEYS
 
 
 EXAMPLES_TOP = """\b

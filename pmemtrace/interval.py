@@ -30,8 +30,7 @@ from . import vma_sampler as vma_sampling
 from .backing import FileFacts, classify_backing
 from .errors import PmemtraceError, ProcessExited
 
-# the columns a frame's process rows can be sorted by (the CLI's -s choices, top's < > keys)
-SORT_KEYS = ("faults", "huge_faults", "fallbacks", "huge_share", "pid", "comm")
+SORT_KEYS = aggregate.SORT_KEYS
 VMA_REFRESH_SECONDS = 10.0           # DAX / VM_SYNC VMA counts of a process are re-read this often
 VMA_BUDGET = 32                      # ... and at most this many processes' smaps are read an interval
 DAX_FAULT_OUTCOMES = ("pmd_huge", "pmd_needdsync", "pte", "pte_needdsync", "load_hole", "pmd_load_hole")

@@ -24,6 +24,8 @@ Configurations:
             page_fault_user raw tracepoint; what it costs the other processes (one early return)
   bpftrace  `bpftrace -e 'tracepoint:exceptions:page_fault_user { @[pid] = count(); }'`, the
             classic-tracepoint equivalent of --exact's fault probe (Debian: apt-get install bpftrace)
+  floor     bench/floor_probes.py: empty programs on --exact's two raw tracepoints
+            (page_fault_user, count_memcg_events), the least any probe there can cost
 Also measured:
   start     seconds from starting `pmemtrace top` to its first frame on stdout (Python start,
             bcc compile, attach, the first /proc pass), once per traced phase
@@ -86,6 +88,8 @@ class Tracer:
             cmd = [PYTHON, "-m", "pmemtrace", "top", "1", "--json", "-p", str(self.target.pid)]
         elif self.kind in TOP_ARGS:
             cmd = [PYTHON, "-m", "pmemtrace", "top", "1", "--json"] + TOP_ARGS[self.kind]
+        elif self.kind == "floor":
+            cmd = [PYTHON, os.path.join(ROOT, "bench", "floor_probes.py")]
         else:
             cmd = ["bpftrace", "-e", BPFTRACE_PROG]
         self.started = time.monotonic()
@@ -98,6 +102,10 @@ class Tracer:
 
     def _pump(self):
         for line in self.proc.stdout:
+            if self.kind == "floor":
+                if line.startswith("Attached"):
+                    self.ready.set()
+                continue
             if self.kind == "bpftrace":
                 if line.startswith("Attaching"):
                     time.sleep(1.0)     # printed just before it attaches
@@ -115,7 +123,7 @@ class Tracer:
             self.target.wait()
         if self.proc is None:
             return 0
-        if self.kind == "bpftrace":
+        if self.kind in ("bpftrace", "floor"):
             # it prints its map on the way out; only its throughput phase matters here
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
                 self.proc.send_signal(sig)
@@ -240,7 +248,7 @@ def main(argv=None):
     ap.add_argument("--idle-window", type=float, default=5.0)
     ap.add_argument("--workloads", default="4k,thp,syscall")
     ap.add_argument("--configs", default=None,
-                    help="default: top,syscalls,exact,top-p and bpftrace when installed")
+                    help="default: top,syscalls,exact,floor,top-p and bpftrace when installed")
     ap.add_argument("--tracer-cpu", type=int, default=0)
     ap.add_argument("--workload-cpu", "--pin", type=int, default=(os.cpu_count() or 1) - 1)
     ap.add_argument("--nice", type=int, default=-10,
@@ -256,7 +264,7 @@ def main(argv=None):
     def log(msg):
         print(msg, flush=True)
     configs = (args.configs.split(",") if args.configs else
-               ["top", "syscalls", "exact", "top-p"] + (["bpftrace"] if shutil.which("bpftrace") else []))
+               ["top", "syscalls", "exact", "floor", "top-p"] + (["bpftrace"] if shutil.which("bpftrace") else []))
     workloads = args.workloads.split(",")
     log(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f}")
     log(f"workload on CPU {args.workload_cpu}, tracers and bench on CPU {args.tracer_cpu}; phases of "
@@ -276,7 +284,7 @@ def main(argv=None):
         for w in workloads:
             log(f"{w:9s}" + "".join(f"{spread(ratios[(w, c, kind)]):>22s}" for c in configs)
                 + f"{spread(base[w], '{:.0f}'):>26s}")
-    log("lost events: " + ", ".join(f"{c} {lost[c]}" for c in configs if c not in ("bpftrace", "top-p")))
+    log("lost events: " + ", ".join(f"{c} {lost[c]}" for c in configs if c not in ("bpftrace", "floor", "top-p")))
     log("start to first frame (s): " + ", ".join(f"{c} {spread(starts[c], '{:.2f}')}" for c in configs
                                                  if c in TOP_ARGS) + "  (goal <= 1.0 s)")
     log(f"top CPU share at 1 Hz with {args.idle} idle processes (%): "
@@ -289,7 +297,8 @@ def main(argv=None):
 
     # Markdown for README.md
     names = {"top": "default `top`", "syscalls": "`top --syscalls`", "exact": "`top --exact`",
-             "top-p": "`top -p` (idle pid)", "bpftrace": "bpftrace"}
+             "top-p": "`top -p` (idle pid)", "bpftrace": "bpftrace",
+             "floor": "empty programs on `--exact`'s tracepoints"}
     labels = {"4k": "4 KiB faults (C toucher)", "thp": "THP faults", "syscall": "syscall loop (getppid)"}
     units = {"4k": "faults/s", "thp": "faults/s", "syscall": "calls/s"}
     log("")

@@ -111,7 +111,7 @@ def report(pid, show_all, as_json, duration, ebpf):
 @click.option("--syscalls", is_flag=True,
               help="Count mmap MAP_SYNC refusals, madvise and mincore calls also where the kernel has no "
                    "kprobes, through syscall tracepoints: every syscall of every task then takes the slow path "
-                   "(measured: a getppid loop at 0.73 of untraced). Where kprobes exist they are on by default at "
+                   "(measured: a getppid loop at about 0.7 of untraced). Where kprobes exist they are on by default at "
                    "no such cost; `pmemtrace doctor` says which applies here.")
 @click.option("--ebpf", is_flag=True, hidden=True, help="Print the BPF program and exit.")
 @handle_errors

@@ -306,7 +306,7 @@ def check_dax(bus: str = DAX_BUS, dev: str = "/dev", mountinfo: str = MOUNTINFO,
     return checks
 
 
-SYSCALL_TRACEPOINT_COST = "a getppid loop at 0.73 of untraced in bench/bench.py"
+SYSCALL_TRACEPOINT_COST = "a getppid loop at about 0.7 of untraced in bench/bench.py"
 
 
 def check_top_mechanisms(kprobes: Tuple[bool, str], tracefs: Optional[str],

@@ -274,6 +274,10 @@ def test_top_mechanisms_tracepoints_only(tmp_path):
     assert c.detail.startswith("this kernel has no kprobes (no kprobe_events in tracefs), and fentry is not used")
     assert "slow every syscall of every task (a getppid loop at about 0.7 of untraced" in c.detail
     assert c.fix == "`pmemtrace top --syscalls` when that cost is acceptable"
+    # --exact's probes fire on every fault: doctor says so, with the floor bench measures
+    faults = checks["top: faults"]
+    assert faults.status == "OK" and "no BPF on the fault path" in faults.detail
+    assert "fire on every fault (the kernel's call into BPF costs ~7% of 4 KiB fault throughput" in faults.detail
 
 
 def test_top_mechanisms_kprobes_without_symbols_and_no_tracepoints(tmp_path):

@@ -52,6 +52,8 @@ BPFTRACE_PROG = "tracepoint:exceptions:page_fault_user { @[pid] = count(); }"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SETTLE = 1.0            # seconds between stopping a tracer and the next untraced phase
 TOP_ARGS = {"top": [], "syscalls": ["--syscalls"], "exact": ["--exact"], "top-p": []}
+# tracers that print no frames: the line that says they are attached, and how long after it they are
+READY_LINE = {"bpftrace": ("Attaching", 1.0), "floor": ("Attached", 0.0)}
 GOALS = {("4k", "top"): 0.98, ("syscall", "top"): 0.98, ("4k", "exact"): 0.95}
 
 
@@ -102,13 +104,10 @@ class Tracer:
 
     def _pump(self):
         for line in self.proc.stdout:
-            if self.kind == "floor":
-                if line.startswith("Attached"):
-                    self.ready.set()
-                continue
-            if self.kind == "bpftrace":
-                if line.startswith("Attaching"):
-                    time.sleep(1.0)     # printed just before it attaches
+            if self.kind in READY_LINE:
+                text, delay = READY_LINE[self.kind]
+                if line.startswith(text):
+                    time.sleep(delay)       # bpftrace prints it just before it attaches
                     self.ready.set()
                 continue
             if self.first_frame is None:
@@ -123,7 +122,7 @@ class Tracer:
             self.target.wait()
         if self.proc is None:
             return 0
-        if self.kind in ("bpftrace", "floor"):
+        if self.kind in READY_LINE:
             # it prints its map on the way out; only its throughput phase matters here
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
                 self.proc.send_signal(sig)
@@ -284,7 +283,7 @@ def main(argv=None):
         for w in workloads:
             log(f"{w:9s}" + "".join(f"{spread(ratios[(w, c, kind)]):>22s}" for c in configs)
                 + f"{spread(base[w], '{:.0f}'):>26s}")
-    log("lost events: " + ", ".join(f"{c} {lost[c]}" for c in configs if c not in ("bpftrace", "floor", "top-p")))
+    log("lost events: " + ", ".join(f"{c} {lost[c]}" for c in configs if c not in READY_LINE and c != "top-p"))
     log("start to first frame (s): " + ", ".join(f"{c} {spread(starts[c], '{:.2f}')}" for c in configs
                                                  if c in TOP_ARGS) + "  (goal <= 1.0 s)")
     log(f"top CPU share at 1 Hz with {args.idle} idle processes (%): "

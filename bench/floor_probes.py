@@ -5,15 +5,15 @@
 bench.py runs it as the `floor` configuration. Each program returns at once, so a traced phase
 costs the workload only what the kernel charges to call a raw tracepoint's BPF program: the
 least any probe on these tracepoints can cost, whatever it does. Prints "Attached" once both
-are attached, then waits for SIGINT/SIGTERM. Uses bcc directly (a bench tool, not part of the
-package), with the same kernel-header fallback as pmemtrace.
+are attached, then waits for SIGINT/SIGTERM. Compiles its own program (a bench tool, not part of the
+package), through pmemtrace's bcc import and kernel-header fallback.
 """
 import signal
 import sys
 import os
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pmemtrace import headers  # noqa: E402
+from pmemtrace import headers, loader  # noqa: E402
 
 TEXT = """
 RAW_TRACEPOINT_PROBE(page_fault_user) { return 0; }
@@ -23,15 +23,15 @@ RAW_TRACEPOINT_PROBE(count_memcg_events) { return 0; }
 
 def main():
     os.environ.update(headers.ensure_headers().bcc_env())
-    import bcc
-    b = bcc.BPF(text=TEXT)
-    print("Attached", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    b = loader.import_bcc().BPF(text=TEXT)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)     # SIGTERM ends it like SIGINT
     try:
+        print("Attached", flush=True)
         signal.pause()
     except KeyboardInterrupt:
         pass
-    b.cleanup()
+    finally:
+        b.cleanup()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 from .errors import KernelThread, NoSuchProcess, NotRoot, ProcessExited
 from .smaps import (  # noqa: F401  (the procfs.* API: callers and tests use these names)
-    KIB, SMAPS_KEYS, SMAPS_PIECE, Counters, MapEntry, Smaps, SmapsParser, _Layout, parse_map_line, parse_maps,
+    KIB, ROW_COUNTERS, SMAPS_KEYS, SMAPS_PIECE, Counters, MapEntry, Smaps, SmapsParser, _Layout, parse_map_line, parse_maps,
+    rows_of,
     parse_smaps, smaps_layout, smaps_pieces, unescape_path)
 
 PROC = "/proc"
@@ -241,11 +242,16 @@ def read_smaps(pid: int, keys: Optional[Sequence[str]] = None, read_ahead: bool 
     ``read_ahead``: a big smaps is read by a helper process while this one parses (read_chunks)."""
     parser = SmapsParser(keys)
     blocks: List[Smaps] = []
-    ahead = READ_AHEAD_AFTER if read_ahead else None
     with no_gc():
-        for piece in smaps_pieces(read_chunks(pid, "smaps", ahead_after=ahead)):
+        for piece in smaps_text(pid, read_ahead):
             blocks += parser.parse(piece)
     return blocks
+
+
+def smaps_text(pid: int, read_ahead: bool = False) -> Iterator[bytes]:
+    """/proc/PID/smaps in pieces of whole blocks, for SmapsParser (read_smaps, or a caller that
+    wants the parser's raw rows). ``read_ahead``: see read_smaps."""
+    return smaps_pieces(read_chunks(pid, "smaps", ahead_after=READ_AHEAD_AFTER if read_ahead else None))
 
 
 def read_smaps_layout_only(pid: int) -> List[Smaps]:

@@ -127,6 +127,7 @@ def parse_smaps(text: str) -> List[Smaps]:
 SMAPS_KEYS = ("Rss", "KernelPageSize", "AnonHugePages", "ShmemPmdMapped", "FilePmdMapped",
               "Shared_Hugetlb", "Private_Hugetlb", "THPeligible")     # every counter pmemtrace reads
 SMAPS_PIECE = 1 << 20          # bytes of smaps text parsed at once
+ROW_COUNTERS = 8               # a raw row's fields before its counters: the header's (SmapsParser.rows)
 
 
 class _Layout:
@@ -135,6 +136,16 @@ class _Layout:
 
     def __init__(self, index: Dict[str, int], scale: Tuple[int, ...], requested: Optional[frozenset]):
         self.index, self.scale, self.requested = index, scale, requested
+
+    def at(self, key: str) -> Optional[int]:
+        """Where counter ``key`` is in a raw row (SmapsParser.rows); None: not read."""
+        i = self.index.get(key)
+        return None if i is None else ROW_COUNTERS + i
+
+    def scale_of(self, key: str) -> int:
+        """What counter ``key``'s digits are multiplied by (KIB for "kB" lines); 0 if not read."""
+        i = self.index.get(key)
+        return 0 if i is None else self.scale[i]
 
 
 class Counters(Mapping):
@@ -248,27 +259,48 @@ class SmapsParser:
         self.slow_pieces = 0         # pieces parsed line by line (the layout did not fit)
 
     def parse(self, piece: bytes) -> List[Smaps]:
+        fast = self._fast_rows(piece)
+        if fast is not None:
+            rows, layout = fast
+            return [self._block(row, layout) for row in rows]
+        return parse_smaps(piece.decode("utf-8", "surrogateescape"))
+
+    def rows(self, piece: bytes) -> Tuple[_Layout, list]:
+        """The blocks of a piece as raw rows, for a caller that reads a few fields of tens of
+        thousands of VMAs and builds no Smaps: (start, end, perms, offset, major, minor, inode,
+        path, the layout's counters..., VmFlags), each the bytes of the text (hex where the text
+        is; counter i of the layout at row[ROW_COUNTERS + i], digits, times the layout's scale). A piece the layout does not fit is
+        parsed line by line and given back in the same shape; decode() turns the text fields."""
+        fast = self._fast_rows(piece)
+        if fast is not None:
+            rows, layout = fast
+            return layout, rows
+        return rows_of(parse_smaps(piece.decode("utf-8", "surrogateescape")), self.keys)
+
+    def _fast_rows(self, piece: bytes) -> Optional[Tuple[list, _Layout]]:
+        """The regex's rows of the piece and their layout; None: the layout does not fit it."""
         if self.layout is None:
             self.layout = smaps_layout(piece, self.keys)
         if self.layout is not None:
             pattern, layout = self.layout
             rows = pattern.findall(piece)
             if len(rows) == piece.count(b"\nVmFlags:"):
-                return [self._block(row, layout) for row in rows]
+                return rows, layout
         self.slow_pieces += 1
-        return parse_smaps(piece.decode("utf-8", "surrogateescape"))
+        return None
 
     def _block(self, row: tuple, layout: _Layout) -> Smaps:
         # row: the header's 8 fields, the counters, VmFlags; the text fields looked up at once
         key = (row[2], row[4], row[5], row[7], row[-1])
         shared = self._shared.get(key)
         if shared is None:
-            shared = self._shared[key] = self._decode(*key)
+            shared = self._shared[key] = self.decode(*key)
         pm, d, p, vf = shared
         entry = _new_tuple(MapEntry, (int(row[0], 16), int(row[1], 16), pm, int(row[3], 16), d, int(row[6]), p))
         return Smaps(entry, Counters(layout, row[8:-1]), vf)
 
-    def _decode(self, perms: bytes, major: bytes, minor: bytes, path: bytes, flags: bytes) -> tuple:
+    def decode(self, perms: bytes, major: bytes, minor: bytes, path: bytes, flags: bytes) -> tuple:
+        """(perms, (major, minor), path, VmFlags set) of a row's text fields, decoded once per distinct text."""
         p = self._paths.get(path)
         if p is None:
             p = self._paths[path] = unescape_path(path.decode("utf-8", "surrogateescape"))
@@ -276,6 +308,22 @@ class SmapsParser:
         if vf is None:
             vf = self._flags[flags] = frozenset(flags.decode("ascii", "surrogateescape").split())
         return (perms.decode("ascii", "surrogateescape"), (int(major, 16), int(minor, 16)), p, vf)
+
+
+def rows_of(blocks: List[Smaps], keys: Optional[Sequence[str]]) -> Tuple[_Layout, list]:
+    """Parsed blocks in SmapsParser.rows' shape (counters in bytes, scale 1): its slow path."""
+    names = list(dict.fromkeys(k for b in blocks for k in b.counters if keys is None or k in keys))
+    layout = _Layout({n: i for i, n in enumerate(names)}, (1,) * len(names),
+                     frozenset(keys) if keys is not None else None)
+    rows = []
+    for b in blocks:
+        m = b.map
+        rows.append((b"%x" % m.start, b"%x" % m.end, m.perms.encode("ascii", "surrogateescape"), b"%x" % m.offset,
+                     b"%x" % m.dev[0], b"%x" % m.dev[1], b"%d" % m.inode,
+                     m.path.replace("\n", "\\012").encode("utf-8", "surrogateescape"),
+                     *(b"%d" % b.counters.get(n, 0) for n in names),
+                     " ".join(sorted(b.vmflags)).encode("ascii", "surrogateescape")))
+    return layout, rows
 
 
 _new_tuple = tuple.__new__

@@ -6,6 +6,7 @@ is the one place that reads /proc, statx and the page tables for a pid.
 """
 import ctypes
 import ctypes.util
+import operator
 import os
 import stat
 from dataclasses import dataclass
@@ -194,9 +195,6 @@ def _describe_process(pid: int, use_pagemap_scan: Optional[bool]) -> ProcessVmas
     if use_pagemap_scan is None:
         use_pagemap_scan = pagemap.scan_supported()
     source = SOURCE_PAGEMAP_SCAN if use_pagemap_scan else SOURCE_SMAPS
-    notes = []
-    vmas: List[Vma] = []
-    blocks = procfs.read_smaps(pid, DESCRIBE_KEYS, read_ahead=True)
     files: Dict[Tuple[Tuple[int, int], int], FileFacts] = {}
     none = FileFacts()
 
@@ -209,75 +207,76 @@ def _describe_process(pid: int, use_pagemap_scan: Optional[bool]) -> ProcessVmas
             f = files[key] = file_facts(pid, m)
         return f
 
-    # what a VMA is (backing, DAX, VM_SYNC, THP verdict, sorted flags) follows from these fields
-    # of its smaps block alone: classified once per distinct combination, not once per VMA
+    parser = procfs.SmapsParser(DESCRIBE_KEYS)
+
+    def kind(row: tuple, eligible_at: Optional[int]) -> tuple:
+        # what a VMA is (backing, DAX, VM_SYNC, THP verdict, sorted flags) follows from the text
+        # fields of its row alone: worked out once per distinct combination, not once per VMA
+        perms, dev, path, vf = parser.decode(row[2], row[4], row[5], row[7], row[-1])
+        m = procfs.MapEntry(int(row[0], 16), int(row[1], 16), perms, int(row[3], 16), dev, int(row[6]), path)
+        smaps_eligible = int(row[eligible_at]) if eligible_at is not None else None
+        f = facts_for(m)
+        backing = classify_backing(m, vf, f)
+        eligible, reason = classify_thp(backing, f.dax, vf, smaps_eligible, policy, prctl_off)
+        return (perms, backing, path, f.dax, "sf" in vf, eligible, reason, tuple(sorted(vf)))
+
+    # the rows of smaps, not Smaps objects: tens of thousands of VMAs, each read for a few fields
+    vmas: List[Vma] = []
     kinds: Dict[tuple, tuple] = {}
-    kind_of = []
-    for b in blocks:
-        m, vf = b.map, b.vmflags
-        smaps_eligible = b.counters.get("THPeligible")
-        key = (m.path, m.dev, m.inode, m.perms, vf, smaps_eligible)
-        k = kinds.get(key)
-        if k is None:
-            f = facts_for(m)
-            backing = classify_backing(m, vf, f)
-            eligible, reason = classify_thp(backing, f.dax, vf, smaps_eligible, policy, prctl_off)
-            k = kinds[key] = (backing, f.dax, "sf" in vf, eligible, reason, tuple(sorted(vf)))
-        kind_of.append(k)
+    for piece in procfs.smaps_text(pid, read_ahead=True):
+        layout, rows = parser.rows(piece)
+        eligible_at, rss_at, rss_scale = layout.at("THPeligible"), layout.at("Rss"), layout.scale_of("Rss")
+        kind_key = operator.itemgetter(2, 4, 5, 6, 7, -1, *([eligible_at] if eligible_at is not None else []))
+        huge_at = [(layout.at(k), layout.scale_of(k)) for k in HUGE_KEYS if k in layout.index]
+        for row in rows:
+            key = kind_key(row)
+            k = kinds.get(key)
+            if k is None:
+                k = kinds[key] = kind(row, eligible_at)
+            perms, backing, path, dax, sync, eligible, reason, flags = k
+            rss = int(row[rss_at]) * rss_scale if rss_at is not None else 0
+            huge = small = None         # from the PAGEMAP_SCAN walk below, but for what it cannot walk
+            if not use_pagemap_scan or backing == "special":
+                huge = sum(int(row[i]) * scale for i, scale in huge_at)
+                small = max(rss - huge, 0)
+            vmas.append(Vma(int(row[0], 16), int(row[1], 16), perms, backing, path, rss, huge, small,
+                            dax, sync, eligible, reason, flags, int(row[3], 16)))
     # [vsyscall] lies outside the user address space, where PAGEMAP_SCAN refuses to walk
-    walk = [i for i, k in enumerate(kind_of) if k[0] != "special"] if use_pagemap_scan else []
-    regions, huge_small = scan_huge_small(pid, blocks, walk) if walk else (None, [])
-    sizes: List[Optional[Tuple[int, int]]] = [None] * len(blocks)
-    for i, hs in zip(walk, huge_small):
-        sizes[i] = hs
+    walk = [v for v in vmas if v.backing != "special"] if use_pagemap_scan else []
+    regions, huge_small = scan_huge_small(pid, vmas, walk) if walk else (None, [])
+    for v, (huge, small) in zip(walk, huge_small):
+        v.huge_bytes, v.small_bytes = huge, small
     # DAX: RSS from the page tables on every kernel (smaps does not count DAX pages before ~6.15)
-    dax_idx = [i for i, k in enumerate(kind_of) if k[1] != "none"]
-    dax_res = dict(zip(dax_idx, dax_residency(pid, [(blocks[i].map.start, blocks[i].map.end) for i in dax_idx],
-                                              use_pagemap_scan, dict(zip(walk, huge_small)), dax_idx)))
-    for block, (backing, dax, sync, eligible, reason, flags), page_sizes in zip(blocks, kind_of, sizes):
-        m = block.map
-        huge: Optional[int]
-        small: Optional[int]
-        rss: Optional[int]
-        if dax != "none":
-            res = dax_res[len(vmas)]
-            rss, huge, small = res.rss, res.huge, res.small
-        elif page_sizes is not None:
-            rss = block.counters.get("Rss", 0)
-            huge, small = page_sizes
-        else:
-            rss = block.counters.get("Rss", 0)
-            huge = smaps_huge_bytes(block)
-            small = max(rss - huge, 0)
-        vmas.append(Vma(m.start, m.end, m.perms, backing, m.path, rss, huge, small,
-                        dax, sync, eligible, reason, flags, m.offset))
-    notes += dax_notes(list(dax_res.values()), use_pagemap_scan)
+    dax = [v for v in vmas if v.dax != "none"]
+    res = dax_residency(pid, dax, use_pagemap_scan)
+    for v, r in zip(dax, res):
+        v.rss_bytes, v.huge_bytes, v.small_bytes = r.rss, r.huge, r.small
+    notes = dax_notes(res, use_pagemap_scan)
     if not os.path.exists(f"/proc/{pid}"):
         raise ProcessExited(f"pid {pid} exited while being read")
     return ProcessVmas(pid, comm, source, vmas, notes, regions)
 
 
-def scan_huge_small(pid: int, blocks: List[procfs.Smaps], walk: List[int]
+def scan_huge_small(pid: int, vmas: List[Vma], walk: List[Vma]
                     ) -> Tuple[Optional[List[Tuple[int, int, int]]], List[Tuple[int, int]]]:
-    """(the PAGEMAP_SCAN regions, (huge, small) bytes of blocks[i] for i in walk). One scan over
-    every VMA but [vsyscall] (outside the user address space), so the folio pass finds the special
-    VMAs it reads too; smaps lists VMAs in address order."""
-    ranges = [(blocks[i].map.start, blocks[i].map.end) for i in walk]
-    span = [b.map for b in blocks if b.map.path != "[vsyscall]"]
+    """(the PAGEMAP_SCAN regions, (huge, small) bytes of each VMA of walk). One scan over every
+    VMA but [vsyscall] (outside the user address space), so the folio pass finds the special VMAs
+    it reads too; smaps lists VMAs in address order."""
+    ranges = [(v.start, v.end) for v in walk]
+    span = [v for v in vmas if v.path != "[vsyscall]"]
     if not pagemap._sorted_disjoint(ranges) or not span:
         return None, pagemap.huge_small_many(pid, ranges)
     regions = pagemap.present_regions(pid, span[0].start, span[-1].end)
     return regions, pagemap.split_huge_small(regions, ranges)
 
 
-def dax_residency(pid: int, ranges: List[Tuple[int, int]], use_pagemap_scan: bool,
-                  scanned: Dict[int, Tuple[int, int]], idx: List[int]) -> List[pagemap.DaxResidency]:
-    """Residency of DAX VMAs: the PAGEMAP_SCAN walk already done (RSS = huge + small), else the
-    present bits of /proc/PID/pagemap (pagemap.dax_residency_many)."""
+def dax_residency(pid: int, dax: List[Vma], use_pagemap_scan: bool) -> List[pagemap.DaxResidency]:
+    """Residency of DAX VMAs: with PAGEMAP_SCAN the walk already done (RSS = huge + small, in the
+    VMA), else the present bits of /proc/PID/pagemap (pagemap.dax_residency_many)."""
     if use_pagemap_scan:
-        return [pagemap.DaxResidency(h + s, h, s, pagemap.SOURCE_SCAN)
-                for h, s in (scanned.get(i, (0, 0)) for i in idx)]
-    return pagemap.dax_residency_many(pid, ranges, use_scan=False) if ranges else []
+        return [pagemap.DaxResidency((v.huge_bytes or 0) + (v.small_bytes or 0), v.huge_bytes or 0,
+                                     v.small_bytes or 0, pagemap.SOURCE_SCAN) for v in dax]
+    return pagemap.dax_residency_many(pid, [(v.start, v.end) for v in dax], use_scan=False) if dax else []
 
 
 def dax_notes(res: List[pagemap.DaxResidency], use_pagemap_scan: bool) -> List[str]:

@@ -35,6 +35,24 @@ def test_layout_parser_equals_line_parser(name, read_size, piece):
     assert [b.vmflags for b in fast] == [b.vmflags for b in slow]
 
 
+@pytest.mark.parametrize("name", SMAPS)
+def test_raw_rows_say_the_same_on_both_paths(name):
+    """SmapsParser.rows: the regex's rows and the line parser's (rows_of, for a piece the layout
+    does not fit) decode to the same VMAs and counters."""
+    data = raw(name)
+    parser = procfs.SmapsParser(vmas.DESCRIBE_KEYS)
+
+    def decoded(layout, rows):
+        return [(int(r[0], 16), int(r[1], 16), int(r[3], 16), int(r[6]), parser.decode(r[2], r[4], r[5], r[7], r[-1]),
+                 {k: int(r[procfs.ROW_COUNTERS + i]) * layout.scale[i] for k, i in layout.index.items()})
+                for r in rows]
+    fast = decoded(*parser.rows(data))
+    slow = decoded(*procfs.rows_of(procfs.parse_smaps(data.decode("utf-8", "surrogateescape")), vmas.DESCRIBE_KEYS))
+    assert parser.slow_pieces == 0
+    assert fast == slow
+    assert len(fast) == data.count(b"\nVmFlags:") and any(c["Rss"] for *_, c in fast)
+
+
 def test_only_the_keys_asked_for():
     parser = procfs.SmapsParser(("Rss", "THPeligible"))
     blocks = parser.parse(raw("proc-6.18/smaps"))

@@ -360,7 +360,9 @@ def test_file_facts_and_backing_of_live_mappings():
 
 def test_dax_residency_with_pagemap_scan_is_huge_plus_small():
     from pmemtrace import pagemap
-    res = vmas.dax_residency(1, [(0, 1), (2, 3)], True, {4: (64 << 20, 0), 7: (0, 16 << 20)}, [4, 7])
+    def dax_vma(huge, small):           # as the PAGEMAP_SCAN walk left it
+        return vmas.Vma(0, 1 << 30, "rw-s", "file", "/mnt/pmem/f", 0, huge, small, "fsdax", False, False, "")
+    res = vmas.dax_residency(1, [dax_vma(64 << 20, 0), dax_vma(0, 16 << 20)], True)
     assert [(r.rss, r.huge, r.small, r.source) for r in res] == [
         (64 << 20, 64 << 20, 0, pagemap.SOURCE_SCAN), (16 << 20, 0, 16 << 20, pagemap.SOURCE_SCAN)]
 

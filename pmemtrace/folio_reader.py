@@ -24,6 +24,14 @@ class VmaSpec(NamedTuple):
     skip: bool = False          # outside the user address space ([vsyscall]): nothing to read
 
 
+def spec(start: int, end: int, path: str) -> VmaSpec:
+    """The VMA [start, end) mapping ``path``, to read with the PMD leaf size ([vsyscall]: skipped)."""
+    return _new_tuple(VmaSpec, (start, end, 0, path == "[vsyscall]"))
+
+
+_new_tuple = tuple.__new__          # a VmaSpec without NamedTuple's Python-level __new__: one per VMA
+
+
 PRESENT_NOT_ZERO = dict(category_mask=pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_PFNZERO,
                         category_inverted=pagemap.PAGE_IS_PFNZERO)
 

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from testkit import run_cli
+from testkit import assert_json_paths_agree, run_cli
 
 pytestmark = pytest.mark.live
 KiB, MiB = 1 << 10, 1 << 20
@@ -144,6 +144,12 @@ def test_every_kind_of_folio(workload):
     for d in data["vmas"]:
         if d["folio_bytes"] is not None:
             assert sum(d["folio_bytes"].values()) == d["huge_bytes"] + d["small_bytes"], d
+
+
+def test_json_written_from_the_vmas_equals_the_dict_rows(workload):
+    """With PTE-mapped, unaligned and partial large folios too (read_process's slow path)."""
+    rows = assert_json_paths_agree(workload.proc.pid)
+    assert any(d["partial_folio_bytes"] for d in rows) and any(d["unaligned_folio_bytes"] for d in rows)
 
 
 def test_folios_command_rollup_and_cgroup(workload, tmp_path):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from testkit import run_cli
+from testkit import assert_json_paths_agree, run_cli
 
 pytestmark = pytest.mark.live
 MiB = 1 << 20
@@ -127,6 +127,16 @@ def report_json(pid, *args):
     out = run_cli("report", pid, "--json", *args, check=True)
     data = json.loads(out.stdout)
     return data, {v["start"]: v for v in data["vmas"]}
+
+
+def test_json_written_from_the_vmas_equals_the_dict_rows(workload):
+    """Every kind of VMA this workload has (THP, huge tmpfs, hugetlb, ext4, special): report --json's
+    own writer and the dict rows agree to the byte."""
+    proc, _regions = workload
+    rows = assert_json_paths_agree(proc.pid)
+    kinds = {d["backing"] for d in rows}
+    assert {"anon", "file", "shmem", "hugetlb", "special"} <= kinds, kinds
+    assert any(d["pmd_mapped_bytes"] for d in rows) and any(d["folio_bytes"] is None for d in rows)
 
 
 def test_report_matches_kernel_truth(workload):

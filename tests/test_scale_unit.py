@@ -82,19 +82,6 @@ def test_split_huge_small_cuts_regions_at_range_edges():
         (0, 50), (50, 50), (150, 50), (0, 0)]
 
 
-def test_vma_json_encoder_equals_json():
-    enc = report.vma_json_encoder()
-    d = {"start": 1, "end": 2, "perms": "rw-p", "backing": "file", "path": 'a "b"\n\x1b[2J\udcff',
-         "rss_bytes": 4096, "huge_bytes": None, "small_bytes": 0, "dax": "none", "vm_sync": True,
-         "thp_eligible": False, "thp_reason": "x", "offset": 8192, "vmflags": ["rd", "wr", "sf"]}
-    assert tuple(d) == report.VMA_KEYS                   # the fast path, not json's fallback
-    assert json.loads(enc(d)) == d
-    assert enc(d) == json.dumps(d)
-    dax_unknown = dict(d, rss_bytes=None)                # DAX residency that cannot be known
-    assert enc(dax_unknown) == json.dumps(dax_unknown)
-    assert json.loads(enc(dict(d, faults=3))) == dict(d, faults=3)      # other keys: json itself
-
-
 def test_write_document_parses_to_the_same_data():
     data = {"schema": 1, "notes": ["a\nb"], "vmas": [{"x": 1}, {"y": [1, 2]}] * 3000, "totals": {"t": 2},
             "empty": []}
@@ -152,7 +139,7 @@ def test_section_run_dicts_equal_run_dict():
 def _report_vma(**kw):
     v = vmas.Vma(0x7f0000000000, 0x7f0000400000, "rw-p", "file", 'a "b"\n\x1b[2J\udcff', 4 << 20, 2 << 20,
                  2 << 20, "none", True, False, "x", ("rd", "wr", "sf"), 8192)
-    return report.vma_dict(dataclasses.replace(v, **kw))
+    return dataclasses.replace(v, **kw)
 
 
 @pytest.mark.parametrize("stats", [
@@ -163,16 +150,18 @@ def _report_vma(**kw):
     folios.FolioStats(None, 2 << 20, 0, None, None, None, None),     # DAX: PTE part unknown
 ])
 @pytest.mark.parametrize("vma", [{}, {"rss_bytes": None, "huge_bytes": None, "small_bytes": None, "dax": "fsdax"}])
-def test_vma_json_encoder_equals_json_with_the_folio_keys(stats, vma):
-    """Every key report emits per VMA (folio keys included, nulls, dicts): the fast path's text is
-    json's, byte for byte, and parses back to the dict."""
-    enc = report.vma_json_encoder()
-    d = _report_vma(**vma)
+def test_vma_row_encoder_equals_json(stats, vma):
+    """Every key report --json emits per VMA (folio keys included, nulls, dicts, an untrusted path):
+    its row writer's text is json's of the dict the text view builds, byte for byte."""
+    enc = report.vma_row_encoder()
+    v = _report_vma(**vma)
+    d = report.vma_dict(v)
     d.update(stats.as_json())                             # what views/folios.annotate adds
-    assert tuple(d) == report.FOLIO_VMA_KEYS              # the fast path, not json's fallback
-    assert enc(d) == json.dumps(d)
-    assert enc(d) == json.dumps(d)                        # again, from its caches
-    assert json.loads(enc(d)) == d
+    assert enc((v, stats)) == json.dumps(d)
+    assert enc((v, stats)) == json.dumps(d)               # again, from its caches
+    assert enc((dataclasses.replace(v, start=0, end=4096, offset=0), stats)) == \
+        json.dumps(dict(d, start=0, end=4096, offset=0))
+    assert enc((v, None)) == json.dumps({**report.vma_dict(v), **folios.unknown().as_json()})   # [vsyscall]
 
 
 class Words:

@@ -49,3 +49,28 @@ def live_workloads(out: Path, names) -> dict:
         subprocess.run(["gcc", "-O2", "-Wall", "-o", dst, str(WORKLOADS / f"{name}.c")], check=True)
         paths[name] = dst
     return paths
+
+
+def assert_json_paths_agree(pid: int) -> list:
+    """`report --json` writes its rows from the Vma objects (report.write_json); the text view and
+    --duration build a dict per row (build_json + the folio pass). On one describe_process of pid,
+    with and without --all: the same document (but its time), and each row's line is json's own
+    compact text of that row's dict. Returns the rows (dicts) of the --all document."""
+    import io
+    import json
+    from pmemtrace import kernel, vmas
+    from pmemtrace.views import folios, report
+    proc = vmas.describe_process(pid)
+    policy = kernel.thp_policy()
+    for show_all in (False, True):
+        buf = io.StringIO()
+        report.write_json(buf, proc, show_all, policy)
+        data = report.build_json(proc, show_all, policy)
+        folios.annotate(data, pid, proc.regions)
+        text = buf.getvalue()
+        written = json.loads(text)
+        assert written.pop("time") and data.pop("time")
+        assert written == data
+        lines = [line.strip().rstrip(",") for line in text.splitlines() if line.startswith('    {"start": ')]
+        assert lines == [json.dumps(d) for d in data["vmas"]]
+    return data["vmas"]

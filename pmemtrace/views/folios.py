@@ -36,13 +36,14 @@ def summary_line(t: dict) -> str:
     return line
 
 
-def stats_by_start(pid: int, ranges: Sequence[tuple], hugetlb: bool,
+def stats_by_start(pid: int, specs: List[folio_reader.VmaSpec], hugetlb: bool,
                    regions: Optional[List[tuple]] = None) -> folio_reader.ProcessFolios:
-    """Folio facts of the VMAs ``ranges`` ((start, end, skip)) of pid. With ``hugetlb`` VMAs among
+    """Folio facts of the VMAs ``specs`` (their leaf_size 0) of pid. With ``hugetlb`` VMAs among
     them, their page sizes come from smaps (specs_from_maps). ``regions``: the PAGEMAP_SCAN regions
     already read (vmas.ProcessVmas.regions), else scanned here."""
-    leaf = {(s.start, s.end): s.leaf_size for s in folio_reader.specs_from_maps(pid)} if hugetlb else {}
-    specs = [folio_reader.VmaSpec(start, end, leaf.get((start, end), 0), skip) for start, end, skip in ranges]
+    if hugetlb:
+        leaf = {(s.start, s.end): s.leaf_size for s in folio_reader.specs_from_maps(pid)}
+        specs = [s._replace(leaf_size=leaf.get((s.start, s.end), 0)) for s in specs]
     return folio_reader.read_process(pid, specs, regions=regions)
 
 
@@ -50,7 +51,7 @@ def annotate(data: dict, pid: int, regions: Optional[List[tuple]] = None) -> Non
     """Add the folio keys to a `report --json` document (every VMA row, totals, folio_source);
     ``regions``: describe_process's PAGEMAP_SCAN regions (ProcessVmas.regions), not scanned again."""
     rows = data["vmas"]
-    got = stats_by_start(pid, [(d["start"], d["end"], d["path"] == "[vsyscall]") for d in rows],
+    got = stats_by_start(pid, [folio_reader.spec(d["start"], d["end"], d["path"]) for d in rows],
                          any(d["backing"] == "hugetlb" for d in rows), regions)
     as_json: Dict[tuple, dict] = {}    # one JSON form per distinct content, shared (tens of thousands of VMAs)
     by_id: Dict[int, dict] = {}         # read_process shares one object between many VMAs
@@ -70,11 +71,17 @@ def annotate(data: dict, pid: int, regions: Optional[List[tuple]] = None) -> Non
         if found is not None:
             by_id[id(found)] = j
         d.update(j)
-    tot, unknown_n = folios.total(st for _spec, st in got.vmas)
+    add_totals(data, [st for _spec, st in got.vmas], got.notes)
+
+
+def add_totals(data: dict, stats: List[Optional[folios.FolioStats]], notes: List[str]) -> None:
+    """The folio keys of a `report --json` document's totals, its folio_source and notes, from
+    the stats of its VMA rows (None: [vsyscall], outside the user address space: not counted)."""
+    tot, unknown_n = folios.total(stats)
     data["totals"].update(tot.as_json())
     data["totals"]["folio_unknown_vmas"] = unknown_n
     data["folio_source"] = folios.SOURCE if folios.pagemap.scan_supported() else None
-    data["notes"].extend(got.notes)
+    data["notes"].extend(notes)
 
 
 # ---------------------------------------------------------------- `pmemtrace folios`

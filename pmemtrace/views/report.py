@@ -8,12 +8,12 @@ import operator
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 if TYPE_CHECKING:                    # rich is imported where text is drawn: --json needs none of it
     from rich.console import Console
 
-from .. import aggregate, collapse, daxcause, jsonout, kernel, policy as policy_mod, procfs, signals, vmas as vmas_mod
+from .. import aggregate, collapse, daxcause, folios, jsonout, kernel, policy as policy_mod, procfs, signals, vmas as vmas_mod
 from ..errors import ProcessExited
 from . import folios as folio_view
 from .text import console as text_console, human_bytes, printable
@@ -50,36 +50,27 @@ def vma_dict(v: vmas_mod.Vma) -> dict:
             "offset": v.offset, "vmflags": list(v.vmflags)}
 
 
-VMA_KEYS = ("start", "end", "perms", "backing", "path", "rss_bytes", "huge_bytes", "small_bytes",
-            "dax", "vm_sync", "thp_eligible", "thp_reason", "offset", "vmflags")
-FOLIO_VMA_KEYS = VMA_KEYS + folio_view.folios.KEYS     # after folio_view.annotate
-
-
-def vma_json_encoder() -> Callable[[dict], str]:
-    """One VMA dict as compact JSON, equal to json's: a fixed-key formatter where the dict has
-    exactly vma_dict's keys, or those and the folio keys (2-3x as fast as json's C encoder on
-    60,000 VMAs), json otherwise. Values are those vma_dict and FolioStats.as_json give: str, int,
-    bool, None, a list of str and {str: int} dicts. Only start, end and offset differ between most
-    VMAs: the text between them is made once per distinct content."""
+def vma_row_encoder() -> Callable[[Tuple[vmas_mod.Vma, Optional[folios.FolioStats]]], str]:
+    """One row of `report --json`, a VMA and its folio facts, as compact JSON: the text of
+    json.dumps({**vma_dict(v), **(st or unknown).as_json()}) (tests/test_scale_unit.py), 2-3x as
+    fast as building that dict and json's C encoder on 60,000 VMAs. Only start, end and offset
+    differ between most VMAs: the text between them is made once per distinct content."""
     s, b, n = jsonout.StringCache(), jsonout.BOOL, jsonout.null_or_int
-    middle_of = operator.itemgetter("perms", "backing", "path", "rss_bytes", "huge_bytes", "small_bytes", "dax",
+    middle_of = operator.attrgetter("perms", "backing", "path", "rss_bytes", "huge_bytes", "small_bytes", "dax",
                                     "vm_sync", "thp_eligible", "thp_reason")
-    folio_ints = operator.itemgetter("pmd_mapped_bytes", "pud_mapped_bytes", "pte_mapped_thp_bytes",
-                                     "unaligned_folio_bytes", "partial_folio_bytes")
     middles: Dict[tuple, str] = {}
-    tails: Dict[tuple, str] = {}
-    sizes: Dict[tuple, str] = {}
+    tails: Dict[tuple, str] = {}       # by (vmflags, id of the stats): read_process shares them between VMAs
+    sizes: Dict[Optional[tuple], str] = {}
 
-    def size_map(key: Optional[tuple]) -> str:
-        if key is None:
-            return "null"
+    def size_map(d: Optional[Dict[str, int]]) -> str:
+        key = None if d is None else tuple(d.items())
         out = sizes.get(key)
         if out is None:
-            out = sizes[key] = jsonout.encode(dict(key))
+            out = sizes[key] = jsonout.encode(d)
         return out
 
-    def middle(d: dict) -> str:
-        key = middle_of(d)
+    def middle(v: vmas_mod.Vma) -> str:
+        key = middle_of(v)
         out = middles.get(key)
         if out is None:
             perms, backing, path, rss, huge, small, dax, sync, eligible, reason = key
@@ -89,34 +80,21 @@ def vma_json_encoder() -> Callable[[dict], str]:
                 f'"thp_eligible": {b[eligible]}, "thp_reason": {s(reason)}')
         return out
 
-    def tail(d: dict, with_folios: bool) -> str:
-        if with_folios:
-            fb, cb = d["folio_bytes"], d["cont_bytes"]
-            key: tuple = (tuple(d["vmflags"]), None if fb is None else tuple(fb.items()), folio_ints(d),
-                          None if cb is None else tuple(cb.items()))
-        else:
-            key = (tuple(d["vmflags"]),)
-        out = tails.get(key)
-        if out is None:
-            out = f'"vmflags": {jsonout.encode(list(key[0]))}'
-            if with_folios:
-                pmd, pud, pte, unaligned, partial = key[2]
-                out += (f', "folio_bytes": {size_map(key[1])}, "pmd_mapped_bytes": {n(pmd)}, '
-                        f'"pud_mapped_bytes": {n(pud)}, "pte_mapped_thp_bytes": {n(pte)}, '
-                        f'"unaligned_folio_bytes": {n(unaligned)}, "partial_folio_bytes": {n(partial)}, '
-                        f'"cont_bytes": {size_map(key[3])}')
-            out = tails[key] = out + "}"
-        return out
+    def tail(flags: Tuple[str, ...], st: Optional[folios.FolioStats]) -> str:
+        j = (st or folios.unknown()).as_json()
+        return (f'"vmflags": {jsonout.encode(list(flags))}, "folio_bytes": {size_map(j["folio_bytes"])}, '
+                f'"pmd_mapped_bytes": {n(j["pmd_mapped_bytes"])}, "pud_mapped_bytes": {n(j["pud_mapped_bytes"])}, '
+                f'"pte_mapped_thp_bytes": {n(j["pte_mapped_thp_bytes"])}, '
+                f'"unaligned_folio_bytes": {n(j["unaligned_folio_bytes"])}, '
+                f'"partial_folio_bytes": {n(j["partial_folio_bytes"])}, "cont_bytes": {size_map(j["cont_bytes"])}}}')
 
-    def encode(d: dict) -> str:
-        keys = tuple(d)
-        if keys == FOLIO_VMA_KEYS:
-            rest = tail(d, True)
-        elif keys == VMA_KEYS:
-            rest = tail(d, False)
-        else:
-            return jsonout.encode(d)
-        return f'{{"start": {d["start"]:d}, "end": {d["end"]:d}, {middle(d)}, "offset": {d["offset"]:d}, {rest}'
+    def encode(row: Tuple[vmas_mod.Vma, Optional[folios.FolioStats]]) -> str:
+        v, st = row
+        key = (v.vmflags, id(st))
+        rest = tails.get(key)
+        if rest is None:
+            rest = tails[key] = tail(v.vmflags, st)
+        return f'{{"start": {v.start:d}, "end": {v.end:d}, {middle(v)}, "offset": {v.offset:d}, {rest}'
     return encode
 
 
@@ -133,16 +111,18 @@ def totals(rows: List[vmas_mod.Vma]) -> dict:
     return out
 
 
-def build_json(proc: vmas_mod.ProcessVmas, show_all: bool, policy: kernel.ThpPolicy,
-               faults: Optional[Dict[object, aggregate.VmaCounts]] = None, duration: Optional[float] = None,
-               probe_notes: Optional[Dict[str, str]] = None, lost: int = 0, unattributed: int = 0,
-               mincore: Optional[aggregate.MincoreStats] = None) -> dict:
+def shown_rows(proc: vmas_mod.ProcessVmas, show_all: bool,
+               faults: Optional[Dict[object, aggregate.VmaCounts]] = None) -> List[vmas_mod.Vma]:
+    """The VMAs a report shows: visible() ones, and those with faults in them."""
     if faults:
-        rows = [v for v in proc.vmas if visible(v, show_all) or v.start in faults]
-    else:                               # visible(), inlined: one call per VMA was a third of this
-        rows = [v for v in proc.vmas
-                if show_all or v.dax != "none" or v.rss_bytes or v.huge_bytes or v.small_bytes]
-    out: Dict[str, Any] = {
+        return [v for v in proc.vmas if visible(v, show_all) or v.start in faults]
+    # visible(), inlined: one call per VMA was a third of the time at 60,000 VMAs
+    return [v for v in proc.vmas if show_all or v.dax != "none" or v.rss_bytes or v.huge_bytes or v.small_bytes]
+
+
+def document(proc: vmas_mod.ProcessVmas, policy: kernel.ThpPolicy, rows: List[vmas_mod.Vma]) -> Dict[str, Any]:
+    """A report's JSON document but its VMA rows (left empty) and what --duration adds."""
+    return {
         "schema": JSON_SCHEMA_VERSION, "pid": proc.pid, "comm": proc.comm, "kernel": kernel.release(),
         "source": proc.source,
         "thp": {"enabled": policy.enabled, "defrag": policy.defrag, "shmem_enabled": policy.shmem_enabled},
@@ -151,6 +131,29 @@ def build_json(proc: vmas_mod.ProcessVmas, show_all: bool, policy: kernel.ThpPol
         "totals": totals(rows),
         "time": time.time(), "policy": policy_mod.read(),
     }
+
+
+def write_json(out: IO[str], proc: vmas_mod.ProcessVmas, show_all: bool, policy: kernel.ThpPolicy) -> None:
+    """`report --json` without --duration: build_json + folio_view.annotate's document, written
+    from the Vma objects with no dict per VMA (tens of thousands of VMAs)."""
+    rows = shown_rows(proc, show_all)
+    data = document(proc, policy, rows)
+    spec = folio_view.folio_reader.spec
+    got = folio_view.stats_by_start(proc.pid, [spec(v.start, v.end, v.path) for v in rows],
+                                    any(v.backing == "hugetlb" for v in rows), proc.regions)
+    stats = [st for _spec, st in got.vmas]
+    folio_view.add_totals(data, stats, got.notes)
+    data["vmas"] = list(zip(rows, stats))
+    with procfs.no_gc():
+        jsonout.write_document(out, data, {"vmas": vma_row_encoder()})
+
+
+def build_json(proc: vmas_mod.ProcessVmas, show_all: bool, policy: kernel.ThpPolicy,
+               faults: Optional[Dict[object, aggregate.VmaCounts]] = None, duration: Optional[float] = None,
+               probe_notes: Optional[Dict[str, str]] = None, lost: int = 0, unattributed: int = 0,
+               mincore: Optional[aggregate.MincoreStats] = None) -> dict:
+    rows = shown_rows(proc, show_all, faults)
+    out = document(proc, policy, rows)
     for v in rows:
         d = vma_dict(v)
         if faults is not None:
@@ -283,6 +286,9 @@ def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optio
         counts, missing, collapse_entries = observed
         lost = counts.lost
     proc = vmas_mod.describe_process(pid)
+    if as_json and duration is None:
+        write_json(sys.stdout, proc, show_all, policy)
+        return
     if duration is not None:
         index = aggregate.VmaIndex((v.start, v.end) for v in proc.vmas)
         faults = aggregate.per_vma(counts, pid, index, kernel.pmd_size(), daxcause.classify)
@@ -294,8 +300,8 @@ def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optio
     folio_view.annotate(data, pid, regions)     # folio sizes per VMA (pmemtrace/folios.py)
     if duration is not None:
         collapse.annotate(data, pid, collapse_entries)
-    if as_json:
+    if as_json:                         # with --duration: its fault keys, so json's encoder
         with procfs.no_gc():
-            jsonout.write_document(sys.stdout, data, {"vmas": vma_json_encoder()})
+            jsonout.write_document(sys.stdout, data, {"vmas": jsonout.encode})
     else:
         render(make_console(), data)

@@ -5,11 +5,11 @@ system. The classification itself (pure) is pmemtrace.folios.
 import bisect
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
-from . import pagemap, procfs
+from . import forked, pagemap, procfs
 from .kernel import PAGE_SIZE, pmd_size
-from .errors import KernelThread, NoSuchProcess, NotRoot, ProcessExited
+from .errors import KernelThread, NoSuchProcess, NotRoot, PmemtraceError, ProcessExited
 
 from .folios import KPF_BLOCK, KPF_BLOCK_SHIFT, FolioStats, KpageFlags, _ODD, classify_ptes, classify_vma, unknown
 
@@ -56,24 +56,26 @@ def unavailable_reason(kflags: Optional[KpageFlags]) -> Optional[str]:
 
 
 def read_process(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags] = None,
-                 regions: Optional[Sequence[Tuple[int, int, int]]] = None) -> ProcessFolios:
+                 regions: Optional[Sequence[Tuple[int, int, int]]] = None,
+                 odd: Optional["OddPages"] = None) -> ProcessFolios:
     """Folio facts of every VMA in ``specs``; the caller may share one KpageFlags across processes
     (pass it; it is not closed here). ``regions``: the present, not zero-page PAGEMAP_SCAN regions
     (return mask PRESENT|HUGE, sorted) over all of ``specs`` when the caller already scanned them
-    (vmas.describe_process keeps its scan): not scanned again then.
+    (vmas.describe_process keeps its scan): not scanned again then; ``odd``: their odd pages,
+    read with them (prefetch).
     Raises NoSuchProcess / ProcessExited / NotRoot."""
     own = kflags is None
     if own:
         kflags = KpageFlags.open()
     try:
-        return _read(pid, specs, kflags, regions)
+        return _read(pid, specs, kflags, regions, odd if regions is not None else None)
     finally:
         if own and kflags is not None:
             kflags.close()
 
 
 def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags],
-          regions: Optional[Sequence[Tuple[int, int, int]]]) -> ProcessFolios:
+          regions: Optional[Sequence[Tuple[int, int, int]]], odd: Optional["OddPages"]) -> ProcessFolios:
     why = unavailable_reason(kflags)
     out = ProcessFolios(pid, [], [why] if why else [])
     if not pagemap.scan_supported():
@@ -88,7 +90,10 @@ def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags],
             regions = scan_present(pm, walk)
         words = PagemapWords(pm, [(s, e) for s, e, cat in regions if not cat & pagemap.PAGE_IS_HUGE])
         # the common case, settled for all VMAs at once: no PMD leaf, every present page an order-0 folio
-        odd = odd_pages(regions, words, kflags) if kflags is not None else None
+        if odd is None and kflags is not None:
+            odd = odd_pages(regions, words, kflags)
+        elif kflags is None:
+            odd = None
         # (huge, small) bytes of each VMA of walk, in its order; None: read each VMA the long way
         huge_small = iter(pagemap.split_huge_small(regions, walk)) \
             if odd is not None and pagemap._sorted_disjoint(walk) else None
@@ -122,6 +127,47 @@ def _read(pid: int, specs: Sequence[VmaSpec], kflags: Optional[KpageFlags],
         out.notes.append("some VMAs map memory without struct pages (DAX, PFN maps) or hide PFNs: "
                          "their folio sizes are unknown")
     return out
+
+
+USER_TOP = (1 << 47) - PAGE_SIZE
+"""The top of the user address space with 4-level page tables: what prefetch scans. A VMA above
+it (5-level paging, mapped there on request) makes describe_process scan for itself."""
+PREFETCH_RSS = 32 << 20
+"""A process with less resident memory than this reads its odd pages in well under 0.02 s: no fork."""
+
+
+class Prefetched(NamedTuple):
+    """What prefetch read: the present, not zero-page PAGEMAP_SCAN regions (PRESENT|HUGE) of
+    [0, top) and the odd pages among them."""
+    top: int
+    regions: List[Tuple[int, int, int]]
+    odd: "OddPages"
+
+
+def prefetch(pid: int, min_rss: int = PREFETCH_RSS) -> Callable[[], Optional[Prefetched]]:
+    """Start reading, in a forked child on another CPU, what `report --json` of a big process
+    otherwise reads after parsing its smaps: the PAGEMAP_SCAN regions of pid's whole user address
+    space and their odd pages (a pagemap word and kpageflags of every PTE-mapped present page,
+    most of the folio pass's time). The function returned waits for them; None (also when this
+    process may run on one CPU only, or pid has little resident memory): read them as usual."""
+    def read() -> Optional[Prefetched]:
+        kflags = KpageFlags.open()
+        if kflags is None:
+            return None
+        try:
+            with pagemap.PageMap(pid) as pm:
+                regions = scan_present(pm, [(0, USER_TOP)])
+                words = PagemapWords(pm, [(s, e) for s, e, cat in regions if not cat & pagemap.PAGE_IS_HUGE])
+                return Prefetched(USER_TOP, regions, odd_pages(regions, words, kflags))
+        finally:
+            kflags.close()
+    try:
+        rss_kb = int(procfs.read_status(pid).get("VmRSS", "0 kB").split()[0])
+    except (ValueError, IndexError, OSError, PmemtraceError):     # describe_process says what is wrong
+        rss_kb = 0
+    if len(os.sched_getaffinity(0)) < 2 or rss_kb << 10 < min_rss or not pagemap.scan_supported():
+        return lambda: None
+    return forked.start(read)
 
 
 def scan_present(pm: pagemap.PageMap, walk: Sequence[Tuple[int, int]]) -> List[Tuple[int, int, int]]:

@@ -10,7 +10,7 @@ import operator
 import os
 import stat
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import kernel, pagemap, procfs
 from .backing import HUGETLBFS_MAGIC, TMPFS_MAGIC, FileFacts, classify_backing  # noqa: F401  (vmas.* API)
@@ -176,13 +176,19 @@ class ProcessVmas:
     regions: Optional[List[Tuple[int, int, int]]] = None
 
 
-def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None) -> ProcessVmas:
-    """Every VMA of pid with its facts; raises NoSuchProcess / ProcessExited / KernelThread."""
+Scanned = Callable[[], Optional[Any]]
+"""folio_reader.prefetch's result: waits for what a child read ahead (its .top, .regions), or None."""
+
+
+def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None, scanned: Optional[Scanned] = None
+                     ) -> ProcessVmas:
+    """Every VMA of pid with its facts; raises NoSuchProcess / ProcessExited / KernelThread.
+    ``scanned``: the PAGEMAP_SCAN regions are read ahead (folio_reader.prefetch), not here."""
     with procfs.no_gc():
-        return _describe_process(pid, use_pagemap_scan)
+        return _describe_process(pid, use_pagemap_scan, scanned)
 
 
-def _describe_process(pid: int, use_pagemap_scan: Optional[bool]) -> ProcessVmas:
+def _describe_process(pid: int, use_pagemap_scan: Optional[bool], scanned: Optional[Scanned]) -> ProcessVmas:
     """describe_process, with the cyclic GC paused.
 
     Built for tens of thousands of VMAs: the file facts (stat, statx, statfs through map_files)
@@ -243,7 +249,7 @@ def _describe_process(pid: int, use_pagemap_scan: Optional[bool]) -> ProcessVmas
                             dax, sync, eligible, reason, flags, int(row[3], 16)))
     # [vsyscall] lies outside the user address space, where PAGEMAP_SCAN refuses to walk
     walk = [v for v in vmas if v.backing != "special"] if use_pagemap_scan else []
-    regions, huge_small = scan_huge_small(pid, vmas, walk) if walk else (None, [])
+    regions, huge_small = scan_huge_small(pid, vmas, walk, scanned) if walk else (None, [])
     for v, (huge, small) in zip(walk, huge_small):
         v.huge_bytes, v.small_bytes = huge, small
     # DAX: RSS from the page tables on every kernel (smaps does not count DAX pages before ~6.15)
@@ -257,16 +263,21 @@ def _describe_process(pid: int, use_pagemap_scan: Optional[bool]) -> ProcessVmas
     return ProcessVmas(pid, comm, source, vmas, notes, regions)
 
 
-def scan_huge_small(pid: int, vmas: List[Vma], walk: List[Vma]
+def scan_huge_small(pid: int, vmas: List[Vma], walk: List[Vma], scanned: Optional[Scanned] = None
                     ) -> Tuple[Optional[List[Tuple[int, int, int]]], List[Tuple[int, int]]]:
     """(the PAGEMAP_SCAN regions, (huge, small) bytes of each VMA of walk). One scan over every
     VMA but [vsyscall] (outside the user address space), so the folio pass finds the special VMAs
-    it reads too; smaps lists VMAs in address order."""
+    it reads too; smaps lists VMAs in address order. ``scanned``: regions read ahead, used when
+    they cover all those VMAs."""
     ranges = [(v.start, v.end) for v in walk]
     span = [v for v in vmas if v.path != "[vsyscall]"]
     if not pagemap._sorted_disjoint(ranges) or not span:
         return None, pagemap.huge_small_many(pid, ranges)
-    regions = pagemap.present_regions(pid, span[0].start, span[-1].end)
+    ahead = scanned() if scanned is not None else None
+    if ahead is not None and span[-1].end <= ahead.top:
+        regions = ahead.regions
+    else:
+        regions = pagemap.present_regions(pid, span[0].start, span[-1].end)
     return regions, pagemap.split_huge_small(regions, ranges)
 
 

@@ -37,14 +37,15 @@ def summary_line(t: dict) -> str:
 
 
 def stats_by_start(pid: int, specs: List[folio_reader.VmaSpec], hugetlb: bool,
-                   regions: Optional[List[tuple]] = None) -> folio_reader.ProcessFolios:
+                   regions: Optional[List[tuple]] = None, odd: Optional[folio_reader.OddPages] = None
+                   ) -> folio_reader.ProcessFolios:
     """Folio facts of the VMAs ``specs`` (their leaf_size 0) of pid. With ``hugetlb`` VMAs among
     them, their page sizes come from smaps (specs_from_maps). ``regions``: the PAGEMAP_SCAN regions
-    already read (vmas.ProcessVmas.regions), else scanned here."""
+    already read (vmas.ProcessVmas.regions), else scanned here; ``odd``: their odd pages, if read."""
     if hugetlb:
         leaf = {(s.start, s.end): s.leaf_size for s in folio_reader.specs_from_maps(pid)}
         specs = [s._replace(leaf_size=leaf.get((s.start, s.end), 0)) for s in specs]
-    return folio_reader.read_process(pid, specs, regions=regions)
+    return folio_reader.read_process(pid, specs, regions=regions, odd=odd)
 
 
 def annotate(data: dict, pid: int, regions: Optional[List[tuple]] = None) -> None:

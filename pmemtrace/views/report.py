@@ -133,18 +133,22 @@ def document(proc: vmas_mod.ProcessVmas, policy: kernel.ThpPolicy, rows: List[vm
     }
 
 
-def write_json(out: IO[str], proc: vmas_mod.ProcessVmas, show_all: bool, policy: kernel.ThpPolicy) -> None:
+def write_json(out: IO[str], proc: vmas_mod.ProcessVmas, show_all: bool, policy: kernel.ThpPolicy,
+               scanned: Optional[vmas_mod.Scanned] = None) -> None:
     """`report --json` without --duration: build_json + folio_view.annotate's document, written
-    from the Vma objects with no dict per VMA (tens of thousands of VMAs)."""
-    rows = shown_rows(proc, show_all)
-    data = document(proc, policy, rows)
-    spec = folio_view.folio_reader.spec
-    got = folio_view.stats_by_start(proc.pid, [spec(v.start, v.end, v.path) for v in rows],
-                                    any(v.backing == "hugetlb" for v in rows), proc.regions)
-    stats = [st for _spec, st in got.vmas]
-    folio_view.add_totals(data, stats, got.notes)
-    data["vmas"] = list(zip(rows, stats))
-    with procfs.no_gc():
+    from the Vma objects with no dict per VMA (tens of thousands of VMAs). ``scanned``: what
+    folio_reader.prefetch read, if describe_process used its regions."""
+    with procfs.no_gc():                # tens of thousands of acyclic tuples: nothing to collect
+        rows = shown_rows(proc, show_all)
+        data = document(proc, policy, rows)
+        spec = folio_view.folio_reader.spec
+        ahead = scanned() if scanned is not None else None
+        odd = ahead.odd if ahead is not None and ahead.regions is proc.regions else None
+        got = folio_view.stats_by_start(proc.pid, [spec(v.start, v.end, v.path) for v in rows],
+                                        any(v.backing == "hugetlb" for v in rows), proc.regions, odd)
+        stats = [st for _spec, st in got.vmas]
+        folio_view.add_totals(data, stats, got.notes)
+        data["vmas"] = list(zip(rows, stats))
         jsonout.write_document(out, data, {"vmas": vma_row_encoder()})
 
 
@@ -285,10 +289,11 @@ def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optio
             return
         counts, missing, collapse_entries = observed
         lost = counts.lost
-    proc = vmas_mod.describe_process(pid)
     if as_json and duration is None:
-        write_json(sys.stdout, proc, show_all, policy)
+        ahead = folio_view.folio_reader.prefetch(pid)      # on another CPU while smaps is parsed
+        write_json(sys.stdout, vmas_mod.describe_process(pid, scanned=ahead), show_all, policy, ahead)
         return
+    proc = vmas_mod.describe_process(pid)
     if duration is not None:
         index = aggregate.VmaIndex((v.start, v.end) for v in proc.vmas)
         faults = aggregate.per_vma(counts, pid, index, kernel.pmd_size(), daxcause.classify)

@@ -127,7 +127,7 @@ def parse_smaps(text: str) -> List[Smaps]:
 SMAPS_KEYS = ("Rss", "KernelPageSize", "AnonHugePages", "ShmemPmdMapped", "FilePmdMapped",
               "Shared_Hugetlb", "Private_Hugetlb", "THPeligible")     # every counter pmemtrace reads
 SMAPS_PIECE = 1 << 20          # bytes of smaps text parsed at once
-ROW_COUNTERS = 8               # a raw row's fields before its counters: the header's (SmapsParser.rows)
+ROW_COUNTERS = 5               # a raw row's fields before its counters: the header's (SmapsParser.rows)
 
 
 class _Layout:
@@ -195,7 +195,10 @@ class Counters(Mapping):
         return f"Counters({dict(self)!r})"
 
 
-_HEADER_RE = rb"([0-9a-f]+)-([0-9a-f]+) ([^ \n]+) ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) ([0-9]+) *(.*)\n"
+# start, end, perms, offset and the rest (device, inode, path), which decode() takes apart once per
+# distinct text: each group costs findall a bytes object per VMA, a third of its time with eight
+_HEADER_RE = rb"([0-9a-f]+)-([0-9a-f]+) ([^ \n]+) ([0-9a-f]+) ([^\n]*)\n"
+_REST_RE = re.compile(rb"([0-9a-f]+):([0-9a-f]+) ([0-9]+) *(.*)")
 
 
 def smaps_layout(piece: bytes, keys: Optional[Sequence[str]]):
@@ -267,10 +270,11 @@ class SmapsParser:
 
     def rows(self, piece: bytes) -> Tuple[_Layout, list]:
         """The blocks of a piece as raw rows, for a caller that reads a few fields of tens of
-        thousands of VMAs and builds no Smaps: (start, end, perms, offset, major, minor, inode,
-        path, the layout's counters..., VmFlags), each the bytes of the text (hex where the text
-        is; counter i of the layout at row[ROW_COUNTERS + i], digits, times the layout's scale). A piece the layout does not fit is
-        parsed line by line and given back in the same shape; decode() turns the text fields."""
+        thousands of VMAs and builds no Smaps: (start, end, perms, offset, rest of the header, the
+        layout's counters..., VmFlags), each the bytes of the text (hex where the text is; counter
+        i of the layout at row[ROW_COUNTERS + i], digits, times the layout's scale); decode(perms,
+        rest, VmFlags) turns the text fields. A piece the layout does not fit is parsed line by
+        line and given back in the same shape."""
         fast = self._fast_rows(piece)
         if fast is not None:
             rows, layout = fast
@@ -290,24 +294,29 @@ class SmapsParser:
         return None
 
     def _block(self, row: tuple, layout: _Layout) -> Smaps:
-        # row: the header's 8 fields, the counters, VmFlags; the text fields looked up at once
-        key = (row[2], row[4], row[5], row[7], row[-1])
+        # row: the header's 5 fields, the counters, VmFlags; the text fields looked up at once
+        key = (row[2], row[4], row[-1])
         shared = self._shared.get(key)
         if shared is None:
             shared = self._shared[key] = self.decode(*key)
-        pm, d, p, vf = shared
-        entry = _new_tuple(MapEntry, (int(row[0], 16), int(row[1], 16), pm, int(row[3], 16), d, int(row[6]), p))
-        return Smaps(entry, Counters(layout, row[8:-1]), vf)
+        pm, d, ino, p, vf = shared
+        entry = _new_tuple(MapEntry, (int(row[0], 16), int(row[1], 16), pm, int(row[3], 16), d, ino, p))
+        return Smaps(entry, Counters(layout, row[ROW_COUNTERS:-1]), vf)
 
-    def decode(self, perms: bytes, major: bytes, minor: bytes, path: bytes, flags: bytes) -> tuple:
-        """(perms, (major, minor), path, VmFlags set) of a row's text fields, decoded once per distinct text."""
+    def decode(self, perms: bytes, rest: bytes, flags: bytes) -> tuple:
+        """(perms, (major, minor), inode, path, VmFlags set) of a row's text fields, decoded once per
+        distinct text; ProcFormatError if the header's rest is no device, inode and path."""
+        m = _REST_RE.fullmatch(rest)
+        if m is None:
+            raise ProcFormatError(f"not a /proc/PID/smaps header (device, inode, path): {rest[:80]!r}")
+        major, minor, inode, path = m.groups()
         p = self._paths.get(path)
         if p is None:
             p = self._paths[path] = unescape_path(path.decode("utf-8", "surrogateescape"))
         vf = self._flags.get(flags)
         if vf is None:
             vf = self._flags[flags] = frozenset(flags.decode("ascii", "surrogateescape").split())
-        return (perms.decode("ascii", "surrogateescape"), (int(major, 16), int(minor, 16)), p, vf)
+        return (perms.decode("ascii", "surrogateescape"), (int(major, 16), int(minor, 16)), int(inode), p, vf)
 
 
 def rows_of(blocks: List[Smaps], keys: Optional[Sequence[str]]) -> Tuple[_Layout, list]:
@@ -319,8 +328,8 @@ def rows_of(blocks: List[Smaps], keys: Optional[Sequence[str]]) -> Tuple[_Layout
     for b in blocks:
         m = b.map
         rows.append((b"%x" % m.start, b"%x" % m.end, m.perms.encode("ascii", "surrogateescape"), b"%x" % m.offset,
-                     b"%x" % m.dev[0], b"%x" % m.dev[1], b"%d" % m.inode,
-                     m.path.replace("\n", "\\012").encode("utf-8", "surrogateescape"),
+                     b"%x:%x %d " % (m.dev[0], m.dev[1], m.inode) + m.path.replace("\n", "\\012").encode(
+                         "utf-8", "surrogateescape"),
                      *(b"%d" % b.counters.get(n, 0) for n in names),
                      " ".join(sorted(b.vmflags)).encode("ascii", "surrogateescape")))
     return layout, rows

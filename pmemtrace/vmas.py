@@ -218,8 +218,8 @@ def _describe_process(pid: int, use_pagemap_scan: Optional[bool], scanned: Optio
     def kind(row: tuple, eligible_at: Optional[int]) -> tuple:
         # what a VMA is (backing, DAX, VM_SYNC, THP verdict, sorted flags) follows from the text
         # fields of its row alone: worked out once per distinct combination, not once per VMA
-        perms, dev, path, vf = parser.decode(row[2], row[4], row[5], row[7], row[-1])
-        m = procfs.MapEntry(int(row[0], 16), int(row[1], 16), perms, int(row[3], 16), dev, int(row[6]), path)
+        perms, dev, inode, path, vf = parser.decode(row[2], row[4], row[-1])
+        m = procfs.MapEntry(int(row[0], 16), int(row[1], 16), perms, int(row[3], 16), dev, inode, path)
         smaps_eligible = int(row[eligible_at]) if eligible_at is not None else None
         f = facts_for(m)
         backing = classify_backing(m, vf, f)
@@ -232,7 +232,7 @@ def _describe_process(pid: int, use_pagemap_scan: Optional[bool], scanned: Optio
     for piece in procfs.smaps_text(pid, read_ahead=True):
         layout, rows = parser.rows(piece)
         eligible_at, rss_at, rss_scale = layout.at("THPeligible"), layout.at("Rss"), layout.scale_of("Rss")
-        kind_key = operator.itemgetter(2, 4, 5, 6, 7, -1, *([eligible_at] if eligible_at is not None else []))
+        kind_key = operator.itemgetter(2, 4, -1, *([eligible_at] if eligible_at is not None else []))
         huge_at = [(layout.at(k), layout.scale_of(k)) for k in HUGE_KEYS if k in layout.index]
         for row in rows:
             key = kind_key(row)

@@ -43,7 +43,7 @@ def test_raw_rows_say_the_same_on_both_paths(name):
     parser = procfs.SmapsParser(vmas.DESCRIBE_KEYS)
 
     def decoded(layout, rows):
-        return [(int(r[0], 16), int(r[1], 16), int(r[3], 16), int(r[6]), parser.decode(r[2], r[4], r[5], r[7], r[-1]),
+        return [(int(r[0], 16), int(r[1], 16), int(r[3], 16), parser.decode(r[2], r[4], r[-1]),
                  {k: int(r[procfs.ROW_COUNTERS + i]) * layout.scale[i] for k, i in layout.index.items()})
                 for r in rows]
     fast = decoded(*parser.rows(data))

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from .. import pagemap, procfs, vmas
 from ..errors import BadRange, NoSuchProcess, ProcessExited
 from ..pagemap import PageRun, VmaFacts
-from .text import console as text_console, human_bytes, printable
+from .text import aligned, console as text_console, human_bytes, printable
 
 # ---------------------------------------------------------------- range parsing
 
@@ -360,12 +360,7 @@ def run_cells(r: PageRun) -> Tuple[str, ...]:
 def run_table(runs: Sequence[PageRun]) -> List[str]:
     """Header and one aligned line per run (plain text: a rich Table is ~50x slower on
     thousands of runs, and this reads the same in a pipe)."""
-    rows = [run_cells(r) for r in runs]
-    widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, (name, _) in enumerate(RUN_COLUMNS)]
-
-    def line(cells):
-        return "  ".join(f"{c:{a}{w}}" for c, (_, a), w in zip(cells, RUN_COLUMNS, widths)).rstrip()
-    return [line([name for name, _ in RUN_COLUMNS])] + [line(row) for row in rows]
+    return aligned(RUN_COLUMNS, [run_cells(r) for r in runs])
 
 
 # ---------------------------------------------------------------- rich rendering

@@ -16,7 +16,7 @@ if TYPE_CHECKING:                    # rich is imported where text is drawn: --j
 from .. import aggregate, collapse, daxcause, folios, jsonout, kernel, policy as policy_mod, procfs, signals, vmas as vmas_mod
 from ..errors import ProcessExited
 from . import folios as folio_view
-from .text import console as text_console, human_bytes, printable
+from .text import aligned, console as text_console, human_bytes, printable
 
 JSON_SCHEMA_VERSION = 1
 FAULT_KEYS = ("faults", "huge_faults", "dax_pmd_faults", "dax_pte_faults", "dax_fallbacks", "dax_needdsync")
@@ -182,7 +182,6 @@ def yes_no(b: bool) -> str:
 
 
 def render(console: "Console", data: dict) -> None:
-    from rich.table import Table
     from rich.text import Text
     thp = data["thp"]
     header = Text.assemble(
@@ -192,43 +191,38 @@ def render(console: "Console", data: dict) -> None:
         ("page sizes from ", "bold"), data["source"])
     console.print(header)
     with_faults = "duration" in data
-    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
-    for name, justify in (("START", "right"), ("END", "right"), ("SIZE", "right"), ("PERM", "left"),
-                          ("BACKING", "left"), ("RSS", "right"), ("HUGE", "right"), ("SMALL", "right"),
-                          ("DAX", "left"), ("SYNC", "left")):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    if with_faults:
-        for name in ("FAULTS", "THP", "DAXPMD", "DAXPTE", "FALLBK", "DSYNC"):
-            table.add_column(name, justify="right", no_wrap=True)
     with_folios = "folio_source" in data
-    if with_folios:
-        table.add_column("FOLIOS", justify="left", no_wrap=True)
-    table.add_column("THP", justify="left", no_wrap=True)
-    table.add_column("PATH", justify="left", overflow="fold")
+    columns = [("START", ">"), ("END", ">"), ("SIZE", ">"), ("PERM", "<"), ("BACKING", "<"), ("RSS", ">"),
+               ("HUGE", ">"), ("SMALL", ">"), ("DAX", "<"), ("SYNC", "<")]
+    if with_faults:
+        columns += [(name, ">") for name in ("FAULTS", "THP", "DAXPMD", "DAXPTE", "FALLBK", "DSYNC")]
+    columns += [("FOLIOS", "<")] * with_folios + [("THP", "<"), ("PATH", "<")]
     reasons: Dict[str, int] = {}      # each distinct THP reason printed once, as a numbered note
 
     def fault_cells(d):
         return [str(d[k]) for k in FAULT_KEYS] if with_faults else []
 
-    for d in data["vmas"]:
-        table.add_row(f"{d['start']:x}", f"{d['end']:x}", human_bytes(d["end"] - d["start"]), d["perms"],
-                      d["backing"], human_bytes(d["rss_bytes"]), human_bytes(d["huge_bytes"]),
-                      human_bytes(d["small_bytes"]), d["dax"], yes_no(d["vm_sync"]), *fault_cells(d),
-                      *([folio_view.cell(d["folio_bytes"])] if with_folios else []),
-                      f"{yes_no(d['thp_eligible'])} [{reasons.setdefault(d['thp_reason'], len(reasons) + 1)}]",
-                      Text(printable(d["path"])))
+    rows = [[f"{d['start']:x}", f"{d['end']:x}", human_bytes(d["end"] - d["start"]), d["perms"], d["backing"],
+             human_bytes(d["rss_bytes"]), human_bytes(d["huge_bytes"]), human_bytes(d["small_bytes"]), d["dax"],
+             yes_no(d["vm_sync"]), *fault_cells(d), *([folio_view.cell(d["folio_bytes"])] if with_folios else []),
+             f"{yes_no(d['thp_eligible'])} [{reasons.setdefault(d['thp_reason'], len(reasons) + 1)}]",
+             printable(d["path"])] for d in data["vmas"]]
     if with_faults and any(data["unmapped"][k] for k in FAULT_KEYS):
         u = data["unmapped"]
-        table.add_row("", "", "", "", "(unmapped)", "", "", "", "", "", *fault_cells(u), *([""] if with_folios else []), "", "")
+        rows.append(["", "", "", "", "(unmapped)", "", "", "", "", "", *fault_cells(u), *([""] * with_folios), "", ""])
     t = data["totals"]
     notes = list(data["notes"])
     if any(t[k] is None for k in ("rss_bytes", "huge_bytes", "small_bytes")):
         notes.append("a total shown ? includes a VMA whose value is unknown on this kernel")
-    table.add_row(Text("total", style="bold"), "", "", "", "", human_bytes(t["rss_bytes"]),
-                  human_bytes(t["huge_bytes"]), human_bytes(t["small_bytes"]), "", "",
-                  *(fault_cells(t) if with_faults else []),
-                  *([folio_view.cell(t["folio_bytes"])] if with_folios else []), "", "", style="bold")
-    console.print(table)
+    rows.append(["total", "", "", "", "", human_bytes(t["rss_bytes"]), human_bytes(t["huge_bytes"]),
+                 human_bytes(t["small_bytes"]), "", "", *(fault_cells(t) if with_faults else []),
+                 *([folio_view.cell(t["folio_bytes"])] if with_folios else []), "", ""])
+    # one Text for the whole table, printed once: a rich Table took 36 s for 60,000 VMAs
+    lines = aligned(columns, rows)
+    console.print(Text(lines[0], style="bold"), soft_wrap=True)
+    if len(lines) > 2:
+        console.print(Text("\n".join(lines[1:-1])), soft_wrap=True)
+    console.print(Text(lines[-1], style="bold"), soft_wrap=True)
     for reason, n in reasons.items():
         console.print(Text(f"[{n}] THP {reason}"))
     for note in notes:

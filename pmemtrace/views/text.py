@@ -3,9 +3,10 @@
 The one escaping function is printable(); views hand its result to rich as Text (never as
 markup), so brackets in a name are shown as they are. The one byte formatter is human_bytes():
 the same number reads the same in report, top, pages and doctor."""
+import functools
 import os
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -20,6 +21,7 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+@functools.lru_cache(maxsize=4096)        # tens of thousands of VMAs repeat few sizes
 def human_bytes(n: Optional[int], exact: bool = False, unknown: str = "?") -> str:
     """Bytes in the largest binary unit not above them: 32 MiB -> '32M', 1536 -> '1.5K',
     0 -> '0', 512 -> '512B'; ``unknown`` for None.
@@ -35,6 +37,18 @@ def human_bytes(n: Optional[int], exact: bool = False, unknown: str = "?") -> st
             if not exact or (n * 10) % size == 0:
                 return f"{n / size:.1f}{unit}"
     return f"{n}B" if n else "0"
+
+
+def aligned(columns: Sequence[Tuple[str, str]], rows: Sequence[Sequence[str]]) -> List[str]:
+    """A header and one line per row, each column as wide as its widest cell, two spaces apart
+    (rich's Table without borders, ~50x as fast on tens of thousands of rows). ``columns``: (name,
+    "<" left or ">" right). Cells are plain text: untrusted ones go through printable() first."""
+    widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, (name, _) in enumerate(columns)]
+    formats = [f"{{:{align}{w}}}" for (_, align), w in zip(columns, widths)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join([f.format(c) for f, c in zip(formats, cells)]).rstrip()
+    return [line([name for name, _ in columns])] + [line(row) for row in rows]
 
 
 def console(pipe_width: int) -> "Console":

@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from hypothesis import given, strategies as st
 
 from pmemtrace import folio_reader, folios, jsonout, pagemap, procfs, vmas
 from pmemtrace.kernel import pmd_size
@@ -345,3 +346,27 @@ def test_top_p_rereads_a_quiet_costly_process_rarely(monkeypatch, cost, want):
         s.sample()
         clock["now"] += 1.0
     assert reads == want
+
+
+def _runs(draw_list):
+    """Sorted, disjoint (start, end, flag) from (gap, length, flag) steps."""
+    out, at = [], 0
+    for gap, length, flag in draw_list:
+        at += gap
+        out.append((at, at + length, flag))
+        at += length
+    return out
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 4), st.booleans()), max_size=12),
+       st.lists(st.tuples(st.integers(0, 3), st.integers(1, 5), st.booleans()), max_size=12))
+def test_split_huge_small_equals_summing_every_overlap(region_steps, range_steps):
+    H, S = pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_HUGE, pagemap.PAGE_IS_PRESENT
+    regions = [(s, e, H if huge else S) for s, e, huge in _runs(region_steps)]
+    ranges = [(s, e) for s, e, _ in _runs(range_steps)]
+
+    def overlap(a, b, c, d):
+        return max(0, min(b, d) - max(a, c))
+    expected = [(sum(overlap(s, e, rs, re_) for rs, re_, cat in regions if cat == H),
+                 sum(overlap(s, e, rs, re_) for rs, re_, cat in regions if cat == S)) for s, e in ranges]
+    assert pagemap.split_huge_small(regions, ranges) == expected

@@ -339,11 +339,17 @@ def split_huge_small(regions: Sequence[Tuple[int, int, int]],
                      ranges: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
     """(huge bytes, small bytes) of each of the sorted, disjoint ``ranges`` from sorted regions
     (start, end, categories); the parts of regions outside every range are not counted."""
-    out = []
+    out: List[Tuple[int, int]] = []
+    append = out.append
     i, n = 0, len(regions)
     for start, end in ranges:
         while i < n and regions[i][1] <= start:
             i += 1
+        if i < n:
+            s, e, cat = regions[i]
+            if s <= start and end <= e:     # inside one region: most VMAs (the kernel merges regions)
+                append((end - start, 0) if cat & PAGE_IS_HUGE else (0, end - start))
+                continue
         huge = small = 0
         j = i
         while j < n and regions[j][0] < end:
@@ -354,7 +360,7 @@ def split_huge_small(regions: Sequence[Tuple[int, int, int]],
             else:
                 small += length
             j += 1
-        out.append((huge, small))
+        append((huge, small))
     return out
 
 

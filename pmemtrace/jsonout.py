@@ -6,7 +6,7 @@ seconds. Here every list item is encoded by json's C encoder, in batches, and wr
 goes; the result parses to exactly the same data.
 """
 import json
-from typing import IO, Any, Callable, Dict, Mapping, Sequence
+from typing import IO, Any, Callable, Mapping, Sequence
 
 _encode = json.JSONEncoder().encode
 BATCH = 2000
@@ -15,19 +15,6 @@ BATCH = 2000
 def encode(value: Any) -> str:
     """Compact JSON of one value (json's C encoder)."""
     return _encode(value)
-
-
-class StringCache:
-    """JSON text of strings that repeat (perms, kinds, reasons, paths), encoded once."""
-
-    def __init__(self) -> None:
-        self._cache: Dict[str, str] = {}
-
-    def __call__(self, s: str) -> str:
-        out = self._cache.get(s)
-        if out is None:
-            out = self._cache[s] = _encode(s)
-        return out
 
 
 def null_or_int(v: Any) -> str:

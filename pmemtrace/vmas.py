@@ -227,6 +227,8 @@ def _describe_process(pid: int, use_pagemap_scan: Optional[bool], scanned: Optio
 
     # the rows of smaps, not Smaps objects: tens of thousands of VMAs, each read for a few fields
     vmas: List[Vma] = []
+    walk: List[Vma] = []                # what PAGEMAP_SCAN sizes: all but special VMAs ([vsyscall] is one)
+    dax: List[Vma] = []
     kinds: Dict[tuple, tuple] = {}
     for piece in procfs.smaps_text(pid, read_ahead=True):
         layout, rows = parser.rows(piece)
@@ -238,21 +240,24 @@ def _describe_process(pid: int, use_pagemap_scan: Optional[bool], scanned: Optio
             k = kinds.get(key)
             if k is None:
                 k = kinds[key] = kind(row, eligible_at)
-            perms, backing, path, dax, sync, eligible, reason, flags = k
+            perms, backing, path, dax_kind, sync, eligible, reason, flags = k
             rss = int(row[rss_at]) * rss_scale if rss_at is not None else 0
             huge = small = None         # from the PAGEMAP_SCAN walk below, but for what it cannot walk
-            if not use_pagemap_scan or backing == "special":
+            walked = use_pagemap_scan and backing != "special"
+            if not walked:
                 huge = sum(int(row[i]) * scale for i, scale in huge_at)
                 small = max(rss - huge, 0)
-            vmas.append(Vma(int(row[0], 16), int(row[1], 16), perms, backing, path, rss, huge, small,
-                            dax, sync, eligible, reason, flags, int(row[3], 16)))
-    # [vsyscall] lies outside the user address space, where PAGEMAP_SCAN refuses to walk
-    walk = [v for v in vmas if v.backing != "special"] if use_pagemap_scan else []
+            v = Vma(int(row[0], 16), int(row[1], 16), perms, backing, path, rss, huge, small,
+                    dax_kind, sync, eligible, reason, flags, int(row[3], 16))
+            vmas.append(v)
+            if walked:
+                walk.append(v)
+            if dax_kind != "none":
+                dax.append(v)
     regions, huge_small = scan_huge_small(pid, vmas, walk, scanned) if walk else (None, [])
     for v, (huge, small) in zip(walk, huge_small):
         v.huge_bytes, v.small_bytes = huge, small
     # DAX: RSS from the page tables on every kernel (smaps does not count DAX pages before ~6.15)
-    dax = [v for v in vmas if v.dax != "none"]
     res = dax_residency(pid, dax, use_pagemap_scan)
     for v, r in zip(dax, res):
         v.rss_bytes, v.huge_bytes, v.small_bytes = r.rss, r.huge, r.small
@@ -269,14 +274,16 @@ def scan_huge_small(pid: int, vmas: List[Vma], walk: List[Vma], scanned: Optiona
     it reads too; smaps lists VMAs in address order. ``scanned``: regions read ahead, used when
     they cover all those VMAs."""
     ranges = [(v.start, v.end) for v in walk]
-    span = [v for v in vmas if v.path != "[vsyscall]"]
-    if not pagemap._sorted_disjoint(ranges) or not span:
+    # [vsyscall] lies outside the user address space, where PAGEMAP_SCAN refuses to walk
+    lo = next((v.start for v in vmas if v.path != "[vsyscall]"), None)
+    hi = next((v.end for v in reversed(vmas) if v.path != "[vsyscall]"), None)
+    if not pagemap._sorted_disjoint(ranges) or lo is None or hi is None:
         return None, pagemap.huge_small_many(pid, ranges)
     ahead = scanned() if scanned is not None else None
-    if ahead is not None and span[-1].end <= ahead.top:
+    if ahead is not None and hi <= ahead.top:
         regions = ahead.regions
     else:
-        regions = pagemap.present_regions(pid, span[0].start, span[-1].end)
+        regions = pagemap.present_regions(pid, lo, hi)
     return regions, pagemap.split_huge_small(regions, ranges)
 
 

@@ -10,7 +10,7 @@ import sys
 import click
 
 from . import __version__, signals
-from .errors import PmemtraceError
+from .errors import Interrupted, PmemtraceError
 from .aggregate import SORT_KEYS as TOP_SORT_KEYS
 
 
@@ -59,7 +59,7 @@ def handle_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except PmemtraceError as e:
+        except (PmemtraceError, Interrupted) as e:
             click.echo(f"pmemtrace: {e}", err=True)
             sys.exit(e.exit_code)
         except BrokenPipeError:

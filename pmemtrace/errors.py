@@ -67,8 +67,12 @@ class OutputExists(PmemtraceError):
     exit_code = 18
 
 
-class Interrupted(PmemtraceError):
-    """SIGINT / SIGTERM before the command finished: exit 128 + the signal number (130, 143)."""
+class Interrupted(BaseException):
+    """SIGINT / SIGTERM before the command finished: exit 128 + the signal number (130, 143).
+
+    Not a PmemtraceError (nor an Exception), like KeyboardInterrupt: code that gives up on one
+    process's unreadable /proc file (``except PmemtraceError``) must not swallow the signal. It
+    did: top then never stopped, its signal spent on a smaps read it skipped."""
     exit_code = 130
 
     def __init__(self, signum: int):
@@ -78,4 +82,5 @@ class Interrupted(PmemtraceError):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 
-EXIT_CODES = {cls.__name__: cls.exit_code for cls in PmemtraceError.__subclasses__()}
+EXIT_CODES = {**{cls.__name__: cls.exit_code for cls in PmemtraceError.__subclasses__()},
+              Interrupted.__name__: Interrupted.exit_code}

@@ -187,7 +187,7 @@ class Model:
                 vmas.append(self._vma_row(v.start, v.end, v.perms, vma_backing(v, dax), v.path, v.huge.huge,
                                           v.huge.small, 0, 0, dax, "sf" in v.vmflags, aggregate.VmaCounts(),
                                           v.vmflags))
-            frame["vmas"] = vmas if self.syscalls_known else [self._unwatched(r) for r in vmas]
+            frame["vmas"] = vmas
         return frame
 
     def step(self, counts: aggregate.ProbeCounts) -> dict:
@@ -396,13 +396,15 @@ class Model:
         self._index_of = (deltas, index)
         bpf = aggregate.per_vma(counts, self.detail, index, kernel.pmd_size())
         rows = []
-        # a VMA the sampler saw unchanged (same VmaDelta object) and the probes did not see: last row
+        # a VMA the sampler saw unchanged (same VmaDelta object) and the probes did not see: its
+        # last row, and whether it was shown (tens of thousands of VMAs, most unchanged)
         cache, self._row_cache = getattr(self, "_row_cache", {}), {}
         for d in deltas:
             hit = cache.get(id(d))
             if hit is not None and hit[0] is d and d.start not in bpf:
                 self._row_cache[id(d)] = hit
-                rows.append(hit[1])
+                if hit[2]:
+                    rows.append(hit[1])
                 continue
             m = procfs.MapEntry(d.start, d.end, d.perms, 0, d.dev, d.inode, d.path)
             dax = self._dax_of(m) if m.inode else "none"
@@ -426,32 +428,37 @@ class Model:
             row = self._vma_row(d.start, d.end, d.perms, vma_backing(d, dax), d.path, huge_b, small_b,
                                 faults, huge, dax, d.vm_sync, vc, d.vmflags)
             row["resident_pages_gained"] = d.faults
+            shown = _shown(row)
             if dax == "none" and d.start not in bpf:
-                self._row_cache[id(d)] = (d, row)
-            rows.append(row)
+                self._row_cache[id(d)] = (d, row, shown)
+            if shown:
+                rows.append(row)
         if aggregate.UNMAPPED in bpf:
             vc = bpf[aggregate.UNMAPPED]
-            rows.append(self._vma_row(None, None, "", aggregate.UNMAPPED, None, 0, 0, vc.faults,
-                                      vc.huge_faults, "none", False, vc))
-        rows = [r for r in rows if r["huge_bytes"] or r["small_bytes"] or r["faults"] or r["huge_faults"]
-                or r["madvise"] or r["map_sync_refusals"] or r["dax_faults"] or r["dax"] != "none"]
-        return rows if self.syscalls_known else [self._unwatched(r) for r in rows]
+            row = self._vma_row(None, None, "", aggregate.UNMAPPED, None, 0, 0, vc.faults, vc.huge_faults, "none",
+                                False, vc)
+            if _shown(row):
+                rows.append(row)
+        return rows
 
-    @staticmethod
-    def _unwatched(r: dict) -> dict:
-        """mmap / madvise were not watched: their per-VMA counts are unknown (null), not zero."""
-        return {**r, "map_sync_requests": None, "map_sync_refusals": None, "madvise": None}
-
-    @staticmethod
-    def _vma_row(start, end, perms, back, path, huge_b, small_b, faults, huge, dax, vm_sync, vc,
+    def _vma_row(self, start, end, perms, back, path, huge_b, small_b, faults, huge, dax, vm_sync, vc,
                  vmflags=None) -> dict:
-        return {"start": start, "end": end, "perms": perms, "backing": back, "path": path, "huge_bytes": huge_b,
-                "small_bytes": small_b, "faults": faults, "huge_faults": huge, "dax": dax, "vm_sync": vm_sync,
+        row = {"start": start, "end": end, "perms": perms, "backing": back, "path": path, "huge_bytes": huge_b,
+               "small_bytes": small_b, "faults": faults, "huge_faults": huge, "dax": dax, "vm_sync": vm_sync,
                 # smaps VmFlags hg / nh: the VMA's madvise(MADV_HUGEPAGE / NOHUGEPAGE) state, in every mode
                 "vm_hugepage": None if vmflags is None else "hg" in vmflags,
                 "vm_nohugepage": None if vmflags is None else "nh" in vmflags,
                 "dax_faults": {k: v for k, v in vc.dax.items() if v}, "map_sync_requests": vc.map_sync_requests,
                 "map_sync_refusals": vc.map_sync_refusals, "madvise": dict(vc.madvise)}
+        if not self.syscalls_known:     # mmap / madvise not watched: their counts are unknown (null), not zero
+            row["map_sync_requests"] = row["map_sync_refusals"] = row["madvise"] = None
+        return row
+
+
+def _shown(r: dict) -> bool:
+    """A top -p VMA row worth a line: pages, faults, calls, or DAX."""
+    return bool(r["huge_bytes"] or r["small_bytes"] or r["faults"] or r["huge_faults"] or r["madvise"]
+                or r["map_sync_refusals"] or r["dax_faults"] or r["dax"] != "none")
 
 
 def vma_backing(v, dax: str = "none") -> str:

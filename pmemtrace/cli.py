@@ -88,8 +88,13 @@ def report(pid, show_all, as_json, duration, ebpf):
     # SIGINT/SIGTERM: detach cleanly, one line, exit 130/143 (pmemtrace.signals)
     installed = signals.install() if duration is not None else False
     try:
+        ahead = None
+        if as_json and duration is None and not ebpf:
+            # forked before the view's imports: its child reads the page tables while they run
+            from .folio_reader import prefetch
+            ahead = prefetch(pid)
         from .views import report as view
-        view.run(pid, show_all=show_all, as_json=as_json, duration=duration, ebpf=ebpf)
+        view.run(pid, show_all=show_all, as_json=as_json, duration=duration, ebpf=ebpf, scanned=ahead)
         signals.check()
     finally:
         if installed:

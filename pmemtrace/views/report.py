@@ -258,7 +258,8 @@ def make_console() -> "Console":
 
 
 def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optional[float] = None,
-        ebpf: bool = False) -> None:
+        ebpf: bool = False, scanned: Optional[vmas_mod.Scanned] = None) -> None:
+    """``scanned``: folio_reader.prefetch(pid), already started (cli starts it as early as it can)."""
     policy = kernel.thp_policy()
     faults = lost = missing = None
     if duration is not None or ebpf:
@@ -269,7 +270,7 @@ def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optio
         counts, missing, collapse_entries = observed
         lost = counts.lost
     if as_json and duration is None:
-        ahead = folio_view.folio_reader.prefetch(pid)      # on another CPU while smaps is parsed
+        ahead = scanned or folio_view.folio_reader.prefetch(pid)    # on another CPU while smaps is parsed
         write_json(sys.stdout, vmas_mod.describe_process(pid, scanned=ahead), show_all, policy, ahead)
         return
     proc = vmas_mod.describe_process(pid)

@@ -61,3 +61,18 @@ def test_one_escaping_function():
     assert not hasattr(text, "safe")
     for view in (doctor, pages, report, top_render):
         assert view.printable is text.printable
+
+
+def test_print_plain_writes_straight_to_a_pipe_and_through_rich_elsewhere():
+    import io
+    from rich.console import Console
+    from pmemtrace.views.text import print_plain
+    pipe = Console(file=io.StringIO(), width=20)                 # not a terminal, not recording
+    print_plain(pipe, "a line longer than the twenty columns of this console\n[b]x[/b]\n")
+    assert pipe.file.getvalue() == "a line longer than the twenty columns of this console\n[b]x[/b]\n"
+    recorded = Console(file=io.StringIO(), width=20, record=True)
+    print_plain(recorded, "[b]x[/b]\n")
+    assert recorded.export_text() == "[b]x[/b]\n"                # text, never markup
+    tty = Console(file=io.StringIO(), width=80, force_terminal=True, color_system=None)
+    print_plain(tty, text.printable("\x1b[2J") + "\n")          # untrusted text: printable() first
+    assert tty.file.getvalue() == "\\x1b[2J\n"

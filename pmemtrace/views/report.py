@@ -16,7 +16,7 @@ if TYPE_CHECKING:                    # rich is imported where text is drawn: --j
 from .. import aggregate, collapse, daxcause, folios, jsonout, kernel, policy as policy_mod, procfs, signals, vmas as vmas_mod
 from ..errors import ProcessExited
 from . import folios as folio_view
-from .text import aligned, console as text_console, human_bytes, printable
+from .text import aligned, console as text_console, human_bytes, print_plain, printable
 
 JSON_SCHEMA_VERSION = 1
 FAULT_KEYS = ("faults", "huge_faults", "dax_pmd_faults", "dax_pte_faults", "dax_fallbacks", "dax_needdsync")
@@ -206,7 +206,7 @@ def render(console: "Console", data: dict) -> None:
     lines = aligned(columns, rows)
     console.print(Text(lines[0], style="bold"), soft_wrap=True)
     if len(lines) > 2:
-        console.print(Text("\n".join(lines[1:-1])), soft_wrap=True)
+        print_plain(console, "\n".join(lines[1:-1]) + "\n")
     console.print(Text(lines[-1], style="bold"), soft_wrap=True)
     for reason, n in reasons.items():
         console.print(Text(f"[{n}] THP {reason}"))

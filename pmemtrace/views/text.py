@@ -51,6 +51,17 @@ def aligned(columns: Sequence[Tuple[str, str]], rows: Sequence[Sequence[str]]) -
     return [line([name for name, _ in columns])] + [line(row) for row in rows]
 
 
+def print_plain(console: "Console", text: str) -> None:
+    """Unstyled text of up to hundreds of thousands of lines (60,000 VMAs): written as it is
+    where it is not shown on a terminal (rich splits and measures every line: seconds), through
+    rich otherwise. Untrusted parts went through printable() already."""
+    if console.is_terminal or console.record:
+        from rich.text import Text
+        console.print(Text(text), soft_wrap=True, end="")
+    else:
+        console.file.write(text)
+
+
 def console(pipe_width: int) -> "Console":
     """rich's Console for the one-shot views: a terminal (or COLUMNS) gets its own width, a pipe
     `pipe_width` columns (rich would pick 80 and cut columns). A reader that closes the pipe early

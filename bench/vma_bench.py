@@ -1,5 +1,5 @@
-"""Cost of pmemtrace against the number of VMAs: `report --json`, `pages --json` and one
-`top -p` interval on a process with 1,000 / 10,000 / 60,000 VMAs (bench/many_vmas.c: one
+"""Cost of pmemtrace against the number of VMAs: `report` and `pages` (--json and text, into a
+pipe) and one `top -p` interval on a process with 1,000 / 10,000 / 60,000 VMAs (bench/many_vmas.c: one
 anonymous mapping split by mprotect, every page resident).
 
     sudo /opt/pmemtrace/venv/bin/python bench/vma_bench.py [--counts 1000,10000,60000] [--runs 3] [--cpu 1]
@@ -73,7 +73,9 @@ def main():
             base_med = statistics.median(b[0] for b in base)
             rows = [("cat smaps", base)]
             for what, args in (("report --json", ["report", "--json", pid]),
-                               ("pages --json", ["pages", "--json", pid])):
+                               ("pages --json", ["pages", "--json", pid]),
+                               ("report (text)", ["report", pid]),
+                               ("pages (text)", ["pages", pid])):
                 rows.append((what, [measure(pm + args, a.cpu) for _ in range(a.runs)]))
             rows.append((f"report, CPUs {a.cpus2}", [measure(pm + ["report", "--json", pid], a.cpus2)
                                                      for _ in range(a.runs)]))

@@ -79,7 +79,7 @@ def vma_row_encoder() -> Callable[[Tuple[vmas_mod.Vma, Optional[folios.FolioStat
         text = texts.get(key)
         if text is None:
             text = texts[key] = make(key, st)
-        return f'{{"start": {v.start:d}, "end": {v.end:d}, {text[0]}, "offset": {v.offset:d}, {text[1]}'
+        return f'{{"start": {v.start}, "end": {v.end}, {text[0]}, "offset": {v.offset}, {text[1]}'     # ints
     return encode
 
 

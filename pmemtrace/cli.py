@@ -88,13 +88,16 @@ def report(pid, show_all, as_json, duration, ebpf):
     # SIGINT/SIGTERM: detach cleanly, one line, exit 130/143 (pmemtrace.signals)
     installed = signals.install() if duration is not None else False
     try:
-        ahead = None
+        ahead = smaps = None
         if as_json and duration is None and not ebpf:
-            # forked before the view's imports: its child reads the page tables while they run
+            # started before the view's imports, so the children read while those run: one the
+            # page tables, one smaps (a big process and 2+ CPUs only)
+            from . import procfs
             from .folio_reader import prefetch
             ahead = prefetch(pid)
+            smaps = procfs.start_smaps(pid) if ahead is not None else None
         from .views import report as view
-        view.run(pid, show_all=show_all, as_json=as_json, duration=duration, ebpf=ebpf, scanned=ahead)
+        view.run(pid, show_all=show_all, as_json=as_json, duration=duration, ebpf=ebpf, scanned=ahead, smaps=smaps)
         signals.check()
     finally:
         if installed:

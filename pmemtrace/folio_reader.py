@@ -144,12 +144,13 @@ class Prefetched(NamedTuple):
     odd: "OddPages"
 
 
-def prefetch(pid: int, min_rss: int = PREFETCH_RSS) -> Callable[[], Optional[Prefetched]]:
+def prefetch(pid: int, min_rss: int = PREFETCH_RSS) -> Optional[Callable[[], Optional[Prefetched]]]:
     """Start reading, in a forked child on another CPU, what `report --json` of a big process
     otherwise reads after parsing its smaps: the PAGEMAP_SCAN regions of pid's whole user address
     space and their odd pages (a pagemap word and kpageflags of every PTE-mapped present page,
-    most of the folio pass's time). The function returned waits for them; None (also when this
-    process may run on one CPU only, or pid has little resident memory): read them as usual."""
+    most of the folio pass's time). The function returned waits for them (None: read them as
+    usual); no function when this process may run on one CPU only or pid has little resident
+    memory (nothing to gain)."""
     def read() -> Optional[Prefetched]:
         kflags = KpageFlags.open()
         if kflags is None:
@@ -166,7 +167,7 @@ def prefetch(pid: int, min_rss: int = PREFETCH_RSS) -> Callable[[], Optional[Pre
     except (ValueError, IndexError, OSError, PmemtraceError):     # describe_process says what is wrong
         rss_kb = 0
     if len(os.sched_getaffinity(0)) < 2 or rss_kb << 10 < min_rss or not pagemap.scan_supported():
-        return lambda: None
+        return None
     return forked.start(read)
 
 

@@ -9,7 +9,7 @@ import operator
 import os
 import stat
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from . import kernel, pagemap, procfs
 from .backing import HUGETLBFS_MAGIC, TMPFS_MAGIC, FileFacts, classify_backing  # noqa: F401  (vmas.* API)
@@ -179,15 +179,17 @@ Scanned = Callable[[], Optional[Any]]
 """folio_reader.prefetch's result: waits for what a child read ahead (its .top, .regions), or None."""
 
 
-def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None, scanned: Optional[Scanned] = None
-                     ) -> ProcessVmas:
+def describe_process(pid: int, use_pagemap_scan: Optional[bool] = None, scanned: Optional[Scanned] = None,
+                     smaps: Optional[Iterator[bytes]] = None) -> ProcessVmas:
     """Every VMA of pid with its facts; raises NoSuchProcess / ProcessExited / KernelThread.
-    ``scanned``: the PAGEMAP_SCAN regions are read ahead (folio_reader.prefetch), not here."""
+    Read ahead by the caller, not here: ``scanned``, the PAGEMAP_SCAN regions
+    (folio_reader.prefetch); ``smaps``, the smaps text (procfs.start_smaps)."""
     with procfs.no_gc():
-        return _describe_process(pid, use_pagemap_scan, scanned)
+        return _describe_process(pid, use_pagemap_scan, scanned, smaps)
 
 
-def _describe_process(pid: int, use_pagemap_scan: Optional[bool], scanned: Optional[Scanned]) -> ProcessVmas:
+def _describe_process(pid: int, use_pagemap_scan: Optional[bool], scanned: Optional[Scanned],
+                      smaps: Optional[Iterator[bytes]]) -> ProcessVmas:
     """describe_process, with the cyclic GC paused.
 
     Built for tens of thousands of VMAs: the file facts (stat, statx, statfs through map_files)
@@ -230,7 +232,8 @@ def _describe_process(pid: int, use_pagemap_scan: Optional[bool], scanned: Optio
     walk: List[Vma] = []                # what PAGEMAP_SCAN sizes: all but special VMAs ([vsyscall] is one)
     dax: List[Vma] = []
     kinds: Dict[tuple, tuple] = {}
-    for piece in procfs.smaps_text(pid, read_ahead=True):
+    pieces = procfs.smaps_pieces(smaps) if smaps is not None else procfs.smaps_text(pid, read_ahead=True)
+    for piece in pieces:
         layout, rows = parser.rows(piece)
         eligible_at, rss_at, rss_scale = layout.at("THPeligible"), layout.at("Rss"), layout.scale_of("Rss")
         kind_key = operator.itemgetter(2, 4, -1, *([eligible_at] if eligible_at is not None else []))

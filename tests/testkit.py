@@ -58,7 +58,7 @@ def assert_json_paths_agree(pid: int) -> list:
     compact text of that row's dict. Returns the rows (dicts) of the --all document."""
     import io
     import json
-    from pmemtrace import folio_reader, kernel, vmas
+    from pmemtrace import folio_reader, kernel, procfs, vmas
     from pmemtrace.views import folios, report
     proc = vmas.describe_process(pid)
     policy = kernel.thp_policy()
@@ -74,11 +74,14 @@ def assert_json_paths_agree(pid: int) -> list:
         assert written == data
         lines = [line.strip().rstrip(",") for line in text.splitlines() if line.startswith('    {"start": ')]
         assert lines == [json.dumps(d) for d in data["vmas"]]
-        # as `report --json` runs it: the regions and odd pages read ahead by a forked child
+        # as `report --json` runs it: the regions and odd pages read ahead by a forked child,
+        # smaps by another
         ahead = folio_reader.prefetch(pid, min_rss=0)
+        smaps = procfs.start_smaps(pid)
+        assert smaps is not None
         buf = io.StringIO()
-        report.write_json(buf, vmas.describe_process(pid, scanned=ahead), show_all, policy, ahead)
-        assert (ahead() is not None) == (len(os.sched_getaffinity(0)) > 1)
+        report.write_json(buf, vmas.describe_process(pid, scanned=ahead, smaps=smaps), show_all, policy, ahead)
+        assert (ahead is not None and ahead() is not None) == (len(os.sched_getaffinity(0)) > 1)
         ahead_text = buf.getvalue()
         assert ahead_text.replace(str(json.loads(ahead_text)["time"]), "T") == text.replace(str(written_time), "T")
     return data["vmas"]

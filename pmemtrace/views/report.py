@@ -8,7 +8,7 @@ import operator
 import os
 import sys
 import time
-from typing import IO, TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 if TYPE_CHECKING:                    # rich is imported where text is drawn: --json needs none of it
     from rich.console import Console
@@ -258,8 +258,10 @@ def make_console() -> "Console":
 
 
 def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optional[float] = None,
-        ebpf: bool = False, scanned: Optional[vmas_mod.Scanned] = None) -> None:
-    """``scanned``: folio_reader.prefetch(pid), already started (cli starts it as early as it can)."""
+        ebpf: bool = False, scanned: Optional[vmas_mod.Scanned] = None,
+        smaps: Optional[Iterator[bytes]] = None) -> None:
+    """``scanned``, ``smaps``: folio_reader.prefetch(pid) and procfs.start_smaps(pid), already
+    started (cli starts them as early as it can); else started here."""
     policy = kernel.thp_policy()
     faults = lost = missing = None
     if duration is not None or ebpf:
@@ -271,7 +273,7 @@ def run(pid: int, show_all: bool = False, as_json: bool = False, duration: Optio
         lost = counts.lost
     if as_json and duration is None:
         ahead = scanned or folio_view.folio_reader.prefetch(pid)    # on another CPU while smaps is parsed
-        write_json(sys.stdout, vmas_mod.describe_process(pid, scanned=ahead), show_all, policy, ahead)
+        write_json(sys.stdout, vmas_mod.describe_process(pid, scanned=ahead, smaps=smaps), show_all, policy, ahead)
         return
     proc = vmas_mod.describe_process(pid)
     if duration is not None:

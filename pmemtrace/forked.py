@@ -8,12 +8,12 @@ The child leaves with os._exit (no atexit handlers, no flushing of the parent's 
 of SIGINT / SIGTERM like any process, and of SIGPIPE when the parent stopped waiting.
 """
 import os
-import pickle
 import signal
 from typing import Any, Callable, Optional
 
 
 def start(fn: Callable[[], Any]) -> Callable[[], Optional[Any]]:
+    import pickle                        # here: every command imports this module, few fork
     try:
         r, w = os.pipe()
     except OSError:

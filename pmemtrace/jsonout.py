@@ -17,13 +17,6 @@ def encode(value: Any) -> str:
     return _encode(value)
 
 
-def null_or_int(v: Any) -> str:
-    return "null" if v is None else "%d" % v
-
-
-BOOL = {True: "true", False: "false"}
-
-
 def _indented(value: Any, level: int) -> str:
     # a JSON string holds no raw newline, so indenting after each newline is safe
     return json.dumps(value, indent=2).replace("\n", "\n" + "  " * level)

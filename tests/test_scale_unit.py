@@ -150,7 +150,8 @@ def _report_vma(**kw):
     folios.unknown(),                                     # no PAGEMAP_SCAN: every folio key null
     folios.FolioStats(None, 2 << 20, 0, None, None, None, None),     # DAX: PTE part unknown
 ])
-@pytest.mark.parametrize("vma", [{}, {"rss_bytes": None, "huge_bytes": None, "small_bytes": None, "dax": "fsdax"}])
+@pytest.mark.parametrize("vma", [{}, {"rss_bytes": None, "huge_bytes": None, "small_bytes": None, "dax": "fsdax"},
+                                 {"path": 'p, "offset": 1, "q', "thp_reason": ', "offset": '}])   # the cut's marker
 def test_vma_row_encoder_equals_json(stats, vma):
     """Every key report --json emits per VMA (folio keys included, nulls, dicts, an untrusted path):
     its row writer's text is json's of the dict the text view builds, byte for byte."""
